@@ -1,0 +1,84 @@
+"""The ``healthpredict`` command line: one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from healthpredict.settings import Settings, SettingsError, get_settings
+
+log = logging.getLogger("healthpredict")
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _print_json(payload: object) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def cmd_data_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.data import fetch_raw_data
+
+    raw = fetch_raw_data(settings, args.source)
+    print(f"verified {raw.source}\n  sha256 {raw.sha256}\n  cached at {raw.path}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.reporting import split_summary_markdown
+    from healthpredict.split import run_split
+
+    manifest = run_split(settings, args.source)
+    print(split_summary_markdown(manifest))
+    print(f"\nsplit {manifest['split_id']} written to {settings.data.artifact_uri}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthpredict",
+        description="HealthPredict: readmission model from raw data to a served, monitored champion.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="raw data acquisition")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    fetch = data_commands.add_parser(
+        "fetch", help="download or read the raw UCI data, verify its checksum and schema, cache it"
+    )
+    fetch.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
+    fetch.set_defaults(handler=cmd_data_fetch)
+
+    split = commands.add_parser(
+        "split", help="clean and split the raw data (patient-disjoint train/val/test + future batches)"
+    )
+    split.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
+    split.set_defaults(handler=cmd_split)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = get_settings()
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Shared fixtures: settings rooted in a temporary home, the real UCI file, tiny synthetic raw frames."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from healthpredict.schema import CATEGORY_VOCABULARIES, MEDICATION_COLUMNS, RAW_COLUMNS
+from healthpredict.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(
+    os.environ.get("HEALTHPREDICT_TEST_RAW_DATA", PROJECT_ROOT.parent / "shared/data/dataset_diabetes.zip")
+)
+
+
+def make_settings(home: Path, **env: str) -> Settings:
+    """Settings as a user would get them from the environment, rooted in ``home``."""
+    return Settings.from_env({"HEALTHPREDICT_HOME": str(home), **env})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not REAL_DATA.is_file():
+        pytest.fail(f"the UCI data is required at {REAL_DATA} (or set HEALTHPREDICT_TEST_RAW_DATA)")
+    return REAL_DATA
+
+
+def raw_record(**overrides: object) -> dict[str, object]:
+    """One valid raw encounter, as text values the CSV would hold (``None`` = ``?``)."""
+    record: dict[str, object] = {
+        "encounter_id": "1000", "patient_nbr": "500", "race": "Caucasian", "gender": "Female", "age": "[70-80)",
+        "weight": None, "admission_type_id": "1", "discharge_disposition_id": "1", "admission_source_id": "7",
+        "time_in_hospital": "3", "payer_code": None, "medical_specialty": "InternalMedicine",
+        "num_lab_procedures": "41", "num_procedures": "0", "num_medications": "12", "number_outpatient": "0",
+        "number_emergency": "0", "number_inpatient": "1", "diag_1": "428", "diag_2": "250.01", "diag_3": "V45",
+        "number_diagnoses": "9", "max_glu_serum": "None", "A1Cresult": ">8",
+        **{m: "No" for m in MEDICATION_COLUMNS},
+        "change": "No", "diabetesMed": "Yes", "readmitted": "NO",
+    }  # fmt: skip
+    record.update(overrides)
+    return record
+
+
+def raw_frame(n: int, seed: int = 0, n_patients: int | None = None) -> pd.DataFrame:
+    """``n`` valid random raw encounters as a text frame, like :func:`healthpredict.data.read_raw_csv`."""
+    rng = np.random.default_rng(seed)
+    patients = rng.integers(1, (n_patients or max(2, n // 2)) + 1, size=n)
+    rows = []
+    for i in range(n):
+        rows.append(
+            raw_record(
+                encounter_id=str(10_000 + i * 7),
+                patient_nbr=str(int(patients[i])),
+                age=str(rng.choice(CATEGORY_VOCABULARIES["age"])),
+                time_in_hospital=str(int(rng.integers(1, 15))),
+                number_inpatient=str(int(rng.integers(0, 4))),
+                insulin=str(rng.choice(CATEGORY_VOCABULARIES["insulin"])),
+                readmitted=str(rng.choice(("NO", ">30", "<30"))),
+            )
+        )
+    return pd.DataFrame(rows, columns=list(RAW_COLUMNS)).astype(object)
+
+
+def write_raw_csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame.fillna("?").to_csv(path, index=False)
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process serving {url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Stop a child we started, by PID: SIGTERM, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real local AWS endpoint (S3, ECR) on 127.0.0.1, stopped by PID at the end of the session."""
+    import shutil
+    import sys
+
+    port = free_port()
+    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", process=process)
+        yield endpoint
+    finally:
+        stop_process(process)
+        log.close()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fake credentials for the local endpoint; returned as a mapping for Settings.from_env."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": moto_endpoint,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def create_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def real_split_home(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
+    """A home holding the real UCI data split with default settings (shared by integration tests)."""
+    from healthpredict.split import run_split
+
+    home = tmp_path_factory.mktemp("real-home")
+    run_split(make_settings(home, HEALTHPREDICT_RAW_DATA=str(real_data)))
+    return home
