@@ -2,12 +2,14 @@
 
 Pulumi's mock runtime is process-global (settings, root stack, config), so each scenario runs in
 its own subprocess: ``python infra_harness.py '<json config>'`` prints one JSON document with every
-registered resource (type, name, inputs), every invoke, the stack outputs and any error.
+registered resource (type, name, inputs, parent URN, whether its type takes tags), every invoke,
+the stack outputs and any error.
 Test modules call :func:`run_program`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import runpy
@@ -64,6 +66,17 @@ def run_programs(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
         futures = {name: pool.submit(run_program, scenarios[name]) for name in names[1:]}
         results.update({name: future.result() for name, future in futures.items()})
     return results
+
+
+def _is_taggable(token: str) -> bool:
+    """True when the pulumi-aws class for ``token`` (e.g. ``aws:ec2/vpc:Vpc``) accepts ``tags``."""
+    if not token.startswith("aws:"):
+        return False
+    import pulumi_aws
+
+    module, _, rest = token.removeprefix("aws:").partition("/")
+    cls = getattr(getattr(pulumi_aws, module), rest.split(":")[-1])
+    return "tags" in inspect.signature(cls._internal_init).parameters
 
 
 def _main(raw_config: str) -> None:
@@ -144,6 +157,7 @@ def _main(raw_config: str) -> None:
 
     for res in resources:
         res["parent"] = parents.get(f"{res['type']}::{res['name']}", "")
+        res["taggable"] = _is_taggable(res["type"])
     result = {"resources": resources, "calls": calls, "outputs": outputs, "error": error}
     print("@@RESULT@@" + json.dumps(result, default=str))
 

@@ -6,13 +6,12 @@ runtime is process-global); all scenarios start together once per module to keep
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any
 
-import pulumi_aws
 import pytest
-from infra_harness import FAKE_AMI, FAKE_AZS, run_programs
+import yaml
+from infra_harness import FAKE_AMI, FAKE_AZS, REPO_ROOT, run_programs
 
 pytestmark = pytest.mark.infra
 
@@ -27,8 +26,14 @@ BASE: dict[str, Any] = {
 }
 KMS_ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
+DEV_EXAMPLE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "infra_pulumi" / "Pulumi.dev.yaml").read_text())[
+    "config"
+]
+
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": BASE,
+    "dev_example": DEV_EXAMPLE,
+    "dev_example_completed": {**DEV_EXAMPLE, **BASE},
     "custom": {
         **BASE,
         "healthpredict:sshCidrs": ["198.51.100.0/28"],
@@ -87,13 +92,6 @@ def ingress(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [r["inputs"] for r in of_type(result, "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")]
 
 
-def is_taggable(token: str) -> bool:
-    """True when the pulumi-aws resource class for ``token`` accepts a ``tags`` input."""
-    module, _, cls_name = token.removeprefix("aws:").partition("/")
-    cls = getattr(getattr(pulumi_aws, module), cls_name.split(":")[-1])
-    return "tags" in inspect.signature(cls._internal_init).parameters
-
-
 # --- default stack -------------------------------------------------------------------------
 
 
@@ -119,7 +117,7 @@ def test_outputs_are_complete_and_point_at_the_instance(runs: dict[str, dict[str
 def test_every_taggable_resource_has_project_stack_owner_tags(runs: dict[str, dict[str, Any]]) -> None:
     result = ok(runs, "default")
     aws_resources = [r for r in result["resources"] if r["type"].startswith("aws:")]
-    taggable = [r for r in aws_resources if is_taggable(r["type"])]
+    taggable = [r for r in aws_resources if r["taggable"]]
     # Guard against the check silently covering nothing.
     assert {r["type"].split(":")[-1] for r in taggable} >= {
         "Vpc", "Subnet", "InternetGateway", "RouteTable", "SecurityGroup", "SecurityGroupIngressRule",
@@ -280,6 +278,22 @@ def test_user_data_installs_tooling_clones_repo_and_starts_compose(runs: dict[st
     ):
         assert needle in script, needle
     assert script.index("docker-compose-plugin") < script.index("docker compose up -d")
+
+
+def test_dev_example_needs_owner_and_otherwise_matches_defaults(runs: dict[str, dict[str, Any]]) -> None:
+    assert "healthpredict:owner is required" in refused(runs, "dev_example")
+    completed, default = ok(runs, "dev_example_completed"), ok(runs, "default")
+    assert {k for k in DEV_EXAMPLE if k.startswith("healthpredict:")} >= {
+        "healthpredict:instanceType", "healthpredict:apiPorts", "healthpredict:sshCidrs",
+    }  # fmt: skip
+
+    def declared(result: dict[str, Any]) -> list[str]:
+        return sorted(
+            json.dumps([r["type"], r["name"], r["inputs"]], sort_keys=True) for r in result["resources"]
+        )
+
+    assert declared(completed) == declared(default)
+    assert completed["outputs"] == default["outputs"]
 
 
 # --- non-default but safe configuration ----------------------------------------------------
