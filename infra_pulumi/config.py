@@ -8,6 +8,7 @@ the internet or pointing the host at somebody's laptop.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -15,8 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pulumi.runtime import config as runtime_config
 
 NAMESPACE = "healthpredict"
+KNOWN_KEYS = frozenset(
+    {
+        "owner", "allowedCidrs", "sshCidrs", "allowUnsafeIngress", "azCount", "vpcCidr", "instanceType",
+        "rootVolumeGb", "kmsKeyArn", "forceDestroy", "ecrKeepLast", "noncurrentVersionDays", "repoUrl",
+        "repoRef", "mlflowPort", "prefectPort", "apiPorts",
+    }
+)  # fmt: skip
 
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # Instance families whose suffix letters contain "g" (t4g, m7g, c7gn, ...) are Graviton/arm64;
@@ -204,8 +213,26 @@ def _get_list(cfg: pulumi.Config, key: str) -> Any:
         return raw
 
 
+def check_known_keys(keys: set[str] | frozenset[str]) -> None:
+    """Refuse unknown ``healthpredict:`` keys: a typo such as ``allowUnsafeIngres`` must not be ignored."""
+    for full_key in sorted(keys):
+        namespace, _, key = full_key.partition(":")
+        if namespace == NAMESPACE and key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+            hint = f" (did you mean {NAMESPACE}:{close[0]}?)" if close else ""
+            raise ValueError(
+                f"unknown config key {full_key}{hint}; known keys: {', '.join(sorted(KNOWN_KEYS))}"
+            )
+
+
+def _configured_keys() -> set[str]:
+    # Values can arrive via set_all_config (engine/tests) or the PULUMI_CONFIG environment bag.
+    return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+
+
 def load_config() -> InfraConfig:
     """Read the current stack's configuration (called from ``__main__`` only, never at import)."""
+    check_known_keys(_configured_keys())
     cfg = pulumi.Config(NAMESPACE)
     aws_cfg = pulumi.Config("aws")
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from infra_pulumi.compute import render_user_data
-from infra_pulumi.config import InfraConfig, parse_port_range
+from infra_pulumi.config import InfraConfig, check_known_keys, parse_port_range
 from infra_pulumi.iam import host_policy_document
 from infra_pulumi.registry import keep_last_policy
 
@@ -108,3 +108,9 @@ def test_policy_helpers_produce_expected_documents() -> None:
     assert not any(s["Action"][0].startswith("kms:") for s in doc["Statement"])
     rule = json.loads(keep_last_policy(7))["rules"][0]
     assert rule["selection"]["countNumber"] == 7 and rule["action"]["type"] == "expire"
+
+
+def test_known_keys_pass_and_other_namespaces_are_ignored() -> None:
+    check_known_keys({"healthpredict:owner", "healthpredict:apiPorts", "aws:region", "aws:profile"})
+    with pytest.raises(ValueError, match=r"unknown config key healthpredict:sshCidr .*did you mean"):
+        check_known_keys({"healthpredict:sshCidr"})

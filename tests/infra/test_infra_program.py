@@ -63,6 +63,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "no_owner": {k: v for k, v in BASE.items() if k != "healthpredict:owner"},
     "bad_cidr": {**BASE, "healthpredict:allowedCidrs": ["203.0.113.300/32"]},
+    "typo": {**BASE, "healthpredict:allowUnsafeIngres": True},
     "no_allowed": {k: v for k, v in BASE.items() if k != "healthpredict:allowedCidrs"},
 }
 
@@ -382,3 +383,9 @@ def test_invalid_cidr_is_refused_naming_the_key(runs: dict[str, dict[str, Any]])
 def test_missing_allowed_cidrs_is_refused(runs: dict[str, dict[str, Any]]) -> None:
     error = refused(runs, "no_allowed")
     assert "healthpredict:allowedCidrs is required" in error
+
+
+def test_unknown_config_key_is_refused_with_a_suggestion(runs: dict[str, dict[str, Any]]) -> None:
+    error = refused(runs, "typo")
+    assert "unknown config key healthpredict:allowUnsafeIngres" in error
+    assert "did you mean healthpredict:allowUnsafeIngress?" in error
