@@ -13,6 +13,8 @@ import pytest
 import yaml
 from infra_harness import FAKE_AMI, FAKE_AZS, REPO_ROOT, run_programs
 
+from infra_pulumi.policy.rules import violations
+
 pytestmark = pytest.mark.infra
 
 OWNER = "data-platform-team"
@@ -389,3 +391,10 @@ def test_unknown_config_key_is_refused_with_a_suggestion(runs: dict[str, dict[st
     error = refused(runs, "typo")
     assert "unknown config key healthpredict:allowUnsafeIngres" in error
     assert "did you mean healthpredict:allowUnsafeIngress?" in error
+
+
+@pytest.mark.parametrize("scenario", ["default", "custom", "api_world_override"])
+def test_declared_resources_pass_the_crossguard_rules(runs: dict[str, dict[str, Any]], scenario: str) -> None:
+    result = ok(runs, scenario)
+    found = {r["name"]: violations(r["type"], r["inputs"]) for r in result["resources"]}
+    assert {name: v for name, v in found.items() if v} == {}
