@@ -92,6 +92,7 @@ compute = Compute(
         root_volume_gb=cfg.root_volume_gb,
         repo_url=cfg.repo_url,
         repo_ref=cfg.repo_ref,
+        compose_file=cfg.compose_file,
         tags=tags,
     ),
 )

@@ -34,16 +34,24 @@ class ComputeArgs:
     repo_url: str
     repo_ref: str
     tags: Mapping[str, str]
+    compose_file: str | None = None
 
 
 def render_user_data(
-    *, repo_url: str, repo_ref: str, bucket_name: str, ecr_repository_url: str, region: str
+    *,
+    repo_url: str,
+    repo_ref: str,
+    bucket_name: str,
+    ecr_repository_url: str,
+    region: str,
+    compose_file: str | None = None,
 ) -> str:
     """Cloud-init shell script: Docker + Compose v2, Minikube, kubectl, clone, ``docker compose up -d``.
 
     Every interpolated value is shell-quoted; config validation already restricts them further.
     """
     q = shlex.quote
+    compose = f"docker compose -f {q(compose_file)} up -d" if compose_file else "docker compose up -d"
     return f"""#!/bin/bash
 # HealthPredict host bootstrap, rendered by infra_pulumi/compute.py.
 # Log: /var/log/healthpredict-bootstrap.log
@@ -96,7 +104,7 @@ chown -R ubuntu:ubuntu {REPO_DIR}
 
 # Compose stack (MLflow, Prefect, API).
 cd {REPO_DIR}
-docker compose up -d
+{compose}
 
 # Minikube (docker driver) for the Kubernetes manifests, as the unprivileged user. Not fatal:
 # the compose stack above is already serving if the cluster fails to come up.
@@ -130,6 +138,7 @@ class Compute(pulumi.ComponentResource):
                 bucket_name=vals[0],
                 ecr_repository_url=vals[1],
                 region=args.region,
+                compose_file=args.compose_file,
             )
         )
         self.instance = aws.ec2.Instance(

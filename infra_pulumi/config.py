@@ -23,7 +23,7 @@ KNOWN_KEYS = frozenset(
     {
         "owner", "allowedCidrs", "sshCidrs", "allowUnsafeIngress", "azCount", "vpcCidr", "instanceType",
         "rootVolumeGb", "kmsKeyArn", "forceDestroy", "ecrKeepLast", "noncurrentVersionDays", "repoUrl",
-        "repoRef", "mlflowPort", "prefectPort", "apiPorts",
+        "repoRef", "composeFile", "mlflowPort", "prefectPort", "apiPorts",
     }
 )  # fmt: skip
 
@@ -35,6 +35,7 @@ _REPO_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _REPO_URL_RE = re.compile(
     r"^(https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$"
 )
+_COMPOSE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}\.ya?ml$")
 _OWNER_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
 _KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
 
@@ -91,6 +92,7 @@ class InfraConfig:
     ecr_keep_last: int = 20
     noncurrent_version_days: int = 30
     repo_ref: str = "main"
+    compose_file: str | None = None
     mlflow_port: int = 5000
     prefect_port: int = 4200
     api_ports: tuple[int, int] = (8000, 8000)
@@ -182,6 +184,13 @@ class InfraConfig:
             )
         if not _REPO_REF_RE.fullmatch(self.repo_ref) or ".." in self.repo_ref:
             raise ValueError(f"{NAMESPACE}:repoRef: {self.repo_ref!r} is not a branch, tag or commit name")
+        if self.compose_file is not None and (
+            not _COMPOSE_FILE_RE.fullmatch(self.compose_file) or ".." in self.compose_file
+        ):
+            raise ValueError(
+                f"{NAMESPACE}:composeFile: {self.compose_file!r} must be a relative path to a .yml/.yaml "
+                "file inside the repository"
+            )
 
     @property
     def ipv4_allowed(self) -> tuple[str, ...]:
@@ -260,6 +269,7 @@ def load_config() -> InfraConfig:
         noncurrent_version_days=opt_int("noncurrentVersionDays", 30),
         repo_url=(cfg.get("repoUrl") or "").strip(),
         repo_ref=(cfg.get("repoRef") or "main").strip(),
+        compose_file=(cfg.get("composeFile") or "").strip() or None,
         mlflow_port=opt_int("mlflowPort", 5000),
         prefect_port=opt_int("prefectPort", 4200),
         api_ports=parse_port_range("apiPorts", cfg.get("apiPorts") or "8000"),

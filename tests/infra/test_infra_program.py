@@ -49,6 +49,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "healthpredict:rootVolumeGb": 100,
         "healthpredict:azCount": 3,
         "healthpredict:repoRef": "v1.2.0",
+        "healthpredict:composeFile": "deploy/compose.yaml",
     },
     "ssh_world": {**BASE, "healthpredict:sshCidrs": ["0.0.0.0/0"]},
     "ssh_world_override": {
@@ -332,6 +333,7 @@ def test_custom_config_flows_into_resources(runs: dict[str, dict[str, Any]]) -> 
     inst = one(result, "aws:ec2/instance:Instance")
     assert inst["instanceType"] == "m6i.2xlarge" and inst["rootBlockDevice"]["volumeSize"] == 100
     assert "fetch --tags origin v1.2.0" in inst["userData"]
+    assert "docker compose -f deploy/compose.yaml up -d" in inst["userData"]
     assert len(of_type(result, "aws:ec2/subnet:Subnet")) == 3
 
 
