@@ -1,0 +1,112 @@
+"""Pulumi program entry point: read config, compose the components, export outputs.
+
+The Pulumi CLI runs this file with ``infra_pulumi/`` (not the repository root) on ``sys.path``,
+so the ``infra_pulumi`` package is loaded from this directory explicitly when it is not
+already importable; tests import it normally from the repository root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _ensure_package() -> None:
+    if "infra_pulumi" in sys.modules or importlib.util.find_spec("infra_pulumi") is not None:
+        return
+    pkg_dir = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location(
+        "infra_pulumi", pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["infra_pulumi"] = module
+    spec.loader.exec_module(module)
+
+
+_ensure_package()
+
+import pulumi  # noqa: E402
+
+from infra_pulumi.compute import Compute, ComputeArgs  # noqa: E402
+from infra_pulumi.config import load_config  # noqa: E402
+from infra_pulumi.iam import Iam, IamArgs  # noqa: E402
+from infra_pulumi.network import Network, NetworkArgs  # noqa: E402
+from infra_pulumi.registry import Registry, RegistryArgs  # noqa: E402
+from infra_pulumi.security import Security, SecurityArgs, ServicePort  # noqa: E402
+from infra_pulumi.storage import Storage, StorageArgs  # noqa: E402
+from infra_pulumi.tags import base_tags  # noqa: E402
+
+cfg = load_config()
+tags = base_tags(cfg.owner, pulumi.get_stack())
+
+network = Network(
+    "healthpredict", NetworkArgs(vpc_cidr=cfg.vpc_cidr, subnet_cidrs=cfg.subnet_cidrs, tags=tags)
+)
+security = Security(
+    "healthpredict",
+    SecurityArgs(
+        vpc_id=network.vpc.id,
+        allowed_cidrs=cfg.allowed_cidrs,
+        ssh_cidrs=cfg.ssh_cidrs,
+        ports=[
+            ServicePort("mlflow", cfg.mlflow_port, cfg.mlflow_port),
+            ServicePort("prefect", cfg.prefect_port, cfg.prefect_port),
+            ServicePort("api", cfg.api_ports[0], cfg.api_ports[1]),
+        ],
+        tags=tags,
+    ),
+)
+storage = Storage(
+    "healthpredict",
+    StorageArgs(
+        tags=tags,
+        noncurrent_version_days=cfg.noncurrent_version_days,
+        force_destroy=cfg.force_destroy,
+        kms_key_arn=cfg.kms_key_arn,
+    ),
+)
+registry = Registry(
+    "healthpredict", RegistryArgs(tags=tags, keep_last=cfg.ecr_keep_last, force_delete=cfg.force_destroy)
+)
+iam = Iam(
+    "healthpredict",
+    IamArgs(
+        bucket_arn=storage.bucket.arn,
+        repository_arn=registry.repository.arn,
+        tags=tags,
+        kms_key_arn=cfg.kms_key_arn,
+    ),
+)
+compute = Compute(
+    "healthpredict",
+    ComputeArgs(
+        subnet_id=network.subnets[0].id,
+        security_group_id=security.group.id,
+        instance_profile_name=iam.instance_profile.name,
+        bucket_name=storage.bucket.bucket,
+        ecr_repository_url=registry.repository.repository_url,
+        region=cfg.region,
+        instance_type=cfg.instance_type,
+        root_volume_gb=cfg.root_volume_gb,
+        repo_url=cfg.repo_url,
+        repo_ref=cfg.repo_ref,
+        compose_file=cfg.compose_file,
+        tags=tags,
+    ),
+)
+
+dns = compute.instance.public_dns
+pulumi.export("bucket_name", storage.bucket.bucket)
+pulumi.export("artifact_uri", pulumi.Output.concat("s3://", storage.bucket.bucket, "/healthpredict"))
+pulumi.export("ecr_repository_url", registry.repository.repository_url)
+pulumi.export("instance_id", compute.instance.id)
+pulumi.export("public_ip", compute.instance.public_ip)
+pulumi.export("public_dns", dns)
+pulumi.export("vpc_id", network.vpc.id)
+pulumi.export("security_group_id", security.group.id)
+pulumi.export("mlflow_tracking_uri", pulumi.Output.concat("http://", dns, f":{cfg.mlflow_port}"))
+pulumi.export("prefect_ui_url", pulumi.Output.concat("http://", dns, f":{cfg.prefect_port}"))
+pulumi.export("prefect_api_url", pulumi.Output.concat("http://", dns, f":{cfg.prefect_port}/api"))
+pulumi.export("api_url", pulumi.Output.concat("http://", dns, f":{cfg.api_ports[0]}"))

@@ -1,0 +1,276 @@
+"""Typed, validated stack configuration.
+
+All knobs live under the ``healthpredict:`` namespace (plus ``aws:region``). Values are parsed
+once into a frozen :class:`InfraConfig` whose ``__post_init__`` refuses unsafe or malformed
+settings, so a bad ``pulumi config set`` fails the preview loudly instead of opening a port to
+the internet or pointing the host at somebody's laptop.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+NAMESPACE = "healthpredict"
+KNOWN_KEYS = frozenset(
+    {
+        "owner", "allowedCidrs", "sshCidrs", "allowUnsafeIngress", "azCount", "vpcCidr", "instanceType",
+        "rootVolumeGb", "kmsKeyArn", "forceDestroy", "ecrKeepLast", "noncurrentVersionDays", "repoUrl",
+        "repoRef", "composeFile", "mlflowPort", "prefectPort", "apiPorts",
+    }
+)  # fmt: skip
+
+_INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# Instance families whose suffix letters contain "g" (t4g, m7g, c7gn, ...) are Graviton/arm64;
+# the AMI lookup and the Minikube/kubectl downloads are amd64-only.
+_ARM_FAMILY_RE = re.compile(r"^[a-z]+\d+[a-z]*g[a-z]*\.")
+_REPO_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_REPO_URL_RE = re.compile(
+    r"^(https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$"
+)
+_COMPOSE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}\.ya?ml$")
+_OWNER_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
+_KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
+
+
+def _parse_cidrs(
+    key: str, values: tuple[str, ...]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for value in values:
+        if not isinstance(value, str):
+            raise ValueError(f"{NAMESPACE}:{key}: {value!r} is not a CIDR string")
+        try:
+            nets.append(ipaddress.ip_network(value.strip(), strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{NAMESPACE}:{key}: {value!r} is not a valid CIDR block ({exc})") from exc
+    return tuple(nets)
+
+
+def _check_port(key: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{NAMESPACE}:{key}: port {port} is outside 1-65535")
+
+
+def parse_port_range(key: str, value: str) -> tuple[int, int]:
+    """Parse ``"8000"`` or ``"30000-32767"`` into an inclusive ``(from, to)`` pair."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?", str(value))
+    if not match:
+        raise ValueError(f"{NAMESPACE}:{key}: {value!r} is not a port or a 'from-to' port range")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    _check_port(key, low)
+    _check_port(key, high)
+    if high < low:
+        raise ValueError(f"{NAMESPACE}:{key}: range {value!r} ends before it starts")
+    return low, high
+
+
+@dataclass(frozen=True)
+class InfraConfig:
+    """Everything the components need; construction validates it."""
+
+    owner: str
+    region: str
+    allowed_cidrs: tuple[str, ...]
+    repo_url: str
+    ssh_cidrs: tuple[str, ...] = ()
+    allow_unsafe_ingress: bool = False
+    az_count: int = 2
+    vpc_cidr: str = "10.42.0.0/16"
+    instance_type: str = "t3.xlarge"
+    root_volume_gb: int = 60
+    kms_key_arn: str | None = None
+    force_destroy: bool = False
+    ecr_keep_last: int = 20
+    noncurrent_version_days: int = 30
+    repo_ref: str = "main"
+    compose_file: str | None = None
+    mlflow_port: int = 5000
+    prefect_port: int = 4200
+    api_ports: tuple[int, int] = (8000, 8000)
+    subnet_cidrs: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.owner or not _OWNER_RE.fullmatch(self.owner):
+            raise ValueError(
+                f"{NAMESPACE}:owner is required (a person or team, used in the 'owner' tag); "
+                f"got {self.owner!r}. Set it with `pulumi config set {NAMESPACE}:owner <name>`."
+            )
+        if not self.region:
+            raise ValueError("aws:region is required; set it with `pulumi config set aws:region <region>`")
+        self._validate_ingress()
+        self._validate_network()
+        self._validate_compute()
+        self._validate_storage()
+        self._validate_repo()
+        for key, port in (("mlflowPort", self.mlflow_port), ("prefectPort", self.prefect_port)):
+            _check_port(key, port)
+        for key, port in (("apiPorts", self.api_ports[0]), ("apiPorts", self.api_ports[1])):
+            _check_port(key, port)
+
+    def _validate_ingress(self) -> None:
+        if not self.allowed_cidrs:
+            raise ValueError(
+                f"{NAMESPACE}:allowedCidrs is required and must list at least one CIDR "
+                "(e.g. your office or VPN egress, 203.0.113.10/32); there is no default."
+            )
+        for net in _parse_cidrs("sshCidrs", self.ssh_cidrs):
+            if net.prefixlen == 0:
+                raise ValueError(
+                    f"{NAMESPACE}:sshCidrs contains {net} which opens SSH to the whole internet; this is "
+                    "refused even with allowUnsafeIngress=true. List specific CIDRs or use SSM "
+                    "Session Manager."
+                )
+        for net in _parse_cidrs("allowedCidrs", self.allowed_cidrs):
+            if net.prefixlen == 0 and not self.allow_unsafe_ingress:
+                raise ValueError(
+                    f"{NAMESPACE}:allowedCidrs contains {net} which opens MLflow, Prefect and the API to "
+                    f"the whole internet; set {NAMESPACE}:allowUnsafeIngress=true to accept that explicitly."
+                )
+
+    def _validate_network(self) -> None:
+        try:
+            vpc = ipaddress.IPv4Network(self.vpc_cidr, strict=True)
+        except ValueError as exc:
+            raise ValueError(
+                f"{NAMESPACE}:vpcCidr: {self.vpc_cidr!r} is not a valid IPv4 CIDR ({exc})"
+            ) from exc
+        if not 16 <= vpc.prefixlen <= 24:
+            raise ValueError(f"{NAMESPACE}:vpcCidr: {self.vpc_cidr} must have a prefix between /16 and /24")
+        if not 1 <= self.az_count <= 6:
+            raise ValueError(f"{NAMESPACE}:azCount must be between 1 and 6, got {self.az_count}")
+        # Carve equal /+4 public subnets (a /16 gives /20s) so adding AZs never renumbers old ones.
+        subnets = list(vpc.subnets(new_prefix=vpc.prefixlen + 4))[: self.az_count]
+        object.__setattr__(self, "subnet_cidrs", tuple(str(s) for s in subnets))
+
+    def _validate_compute(self) -> None:
+        if not _INSTANCE_TYPE_RE.fullmatch(self.instance_type):
+            raise ValueError(f"{NAMESPACE}:instanceType: {self.instance_type!r} is not an EC2 instance type")
+        if _ARM_FAMILY_RE.match(self.instance_type):
+            raise ValueError(
+                f"{NAMESPACE}:instanceType: {self.instance_type!r} is arm64 (Graviton); the AMI lookup and "
+                "the Minikube/kubectl installs are amd64, pick an x86_64 type such as t3.xlarge"
+            )
+        if not 30 <= self.root_volume_gb <= 2048:
+            raise ValueError(
+                f"{NAMESPACE}:rootVolumeGb must be between 30 and 2048, got {self.root_volume_gb}"
+            )
+
+    def _validate_storage(self) -> None:
+        if self.kms_key_arn is not None and not _KMS_ARN_RE.fullmatch(self.kms_key_arn):
+            raise ValueError(f"{NAMESPACE}:kmsKeyArn: {self.kms_key_arn!r} is not a KMS key/alias ARN")
+        if not 1 <= self.ecr_keep_last <= 1000:
+            raise ValueError(f"{NAMESPACE}:ecrKeepLast must be between 1 and 1000, got {self.ecr_keep_last}")
+        if not 1 <= self.noncurrent_version_days <= 3650:
+            raise ValueError(
+                f"{NAMESPACE}:noncurrentVersionDays must be between 1 and 3650, "
+                f"got {self.noncurrent_version_days}"
+            )
+
+    def _validate_repo(self) -> None:
+        # Both values end up in a root shell script, so only plain remote URLs and ref names pass.
+        if not self.repo_url or not _REPO_URL_RE.fullmatch(self.repo_url):
+            raise ValueError(
+                f"{NAMESPACE}:repoUrl is required and must be an https:// or git@host: remote URL "
+                f"of the project repository; got {self.repo_url!r}"
+            )
+        if not _REPO_REF_RE.fullmatch(self.repo_ref) or ".." in self.repo_ref:
+            raise ValueError(f"{NAMESPACE}:repoRef: {self.repo_ref!r} is not a branch, tag or commit name")
+        if self.compose_file is not None and (
+            not _COMPOSE_FILE_RE.fullmatch(self.compose_file) or ".." in self.compose_file
+        ):
+            raise ValueError(
+                f"{NAMESPACE}:composeFile: {self.compose_file!r} must be a relative path to a .yml/.yaml "
+                "file inside the repository"
+            )
+
+    @property
+    def ipv4_allowed(self) -> tuple[str, ...]:
+        return tuple(c for c in self.allowed_cidrs if ipaddress.ip_network(c).version == 4)
+
+    @property
+    def ipv6_allowed(self) -> tuple[str, ...]:
+        return tuple(c for c in self.allowed_cidrs if ipaddress.ip_network(c).version == 6)
+
+
+def _as_str_tuple(key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        # `pulumi config set healthpredict:allowedCidrs 1.2.3.4/32` stores a plain string.
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ValueError(f"{NAMESPACE}:{key} must be a list of CIDR strings, got {value!r}")
+    return tuple(str(v).strip() for v in value)
+
+
+def _get_list(cfg: pulumi.Config, key: str) -> Any:
+    raw = cfg.get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def check_known_keys(keys: set[str] | frozenset[str]) -> None:
+    """Refuse unknown ``healthpredict:`` keys: a typo such as ``allowUnsafeIngres`` must not be ignored."""
+    for full_key in sorted(keys):
+        namespace, _, key = full_key.partition(":")
+        if namespace == NAMESPACE and key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+            hint = f" (did you mean {NAMESPACE}:{close[0]}?)" if close else ""
+            raise ValueError(
+                f"unknown config key {full_key}{hint}; known keys: {', '.join(sorted(KNOWN_KEYS))}"
+            )
+
+
+def _configured_keys() -> set[str]:
+    # Values can arrive via set_all_config (engine/tests) or the PULUMI_CONFIG environment bag.
+    return set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+
+
+def load_config() -> InfraConfig:
+    """Read the current stack's configuration (called from ``__main__`` only, never at import)."""
+    check_known_keys(_configured_keys())
+    cfg = pulumi.Config(NAMESPACE)
+    aws_cfg = pulumi.Config("aws")
+
+    def opt_int(key: str, default: int) -> int:
+        value = cfg.get_int(key)
+        return default if value is None else value
+
+    def opt_bool(key: str, default: bool) -> bool:
+        value = cfg.get_bool(key)
+        return default if value is None else value
+
+    return InfraConfig(
+        owner=(cfg.get("owner") or "").strip(),
+        region=(aws_cfg.get("region") or "").strip(),
+        allowed_cidrs=_as_str_tuple("allowedCidrs", _get_list(cfg, "allowedCidrs")),
+        ssh_cidrs=_as_str_tuple("sshCidrs", _get_list(cfg, "sshCidrs")),
+        allow_unsafe_ingress=opt_bool("allowUnsafeIngress", False),
+        az_count=opt_int("azCount", 2),
+        vpc_cidr=cfg.get("vpcCidr") or "10.42.0.0/16",
+        instance_type=cfg.get("instanceType") or "t3.xlarge",
+        root_volume_gb=opt_int("rootVolumeGb", 60),
+        kms_key_arn=cfg.get("kmsKeyArn") or None,
+        force_destroy=opt_bool("forceDestroy", False),
+        ecr_keep_last=opt_int("ecrKeepLast", 20),
+        noncurrent_version_days=opt_int("noncurrentVersionDays", 30),
+        repo_url=(cfg.get("repoUrl") or "").strip(),
+        repo_ref=(cfg.get("repoRef") or "main").strip(),
+        compose_file=(cfg.get("composeFile") or "").strip() or None,
+        mlflow_port=opt_int("mlflowPort", 5000),
+        prefect_port=opt_int("prefectPort", 4200),
+        api_ports=parse_port_range("apiPorts", cfg.get("apiPorts") or "8000"),
+    )

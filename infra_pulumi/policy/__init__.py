@@ -1,0 +1,1 @@
+"""CrossGuard policy pack; the rules live in :mod:`rules` so they can be tested without the engine."""
