@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # HealthPredict container images.
 #
 #   docker build -t healthpredict-service:<model version>-<git sha> .            # prediction API (default)
