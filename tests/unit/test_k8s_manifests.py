@@ -117,6 +117,12 @@ def _split_image(image: str) -> tuple[str, str | None]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_document_validates_against_k8s_schema(rendered: dict, target: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    from packaging.version import Version
+
+    bundled = kubernetes_validate.latest_version()
+    assert Version(bundled) >= Version(TARGET_K8S_VERSION), (
+        f"kubernetes-validate bundles schemas up to {bundled}; need >= {TARGET_K8S_VERSION}"
+    )
     errors = []
     for doc in rendered[target]:
         try:
