@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from healthpredict.settings import Settings, SettingsError, get_settings
+from healthpredict.settings import ALL_FAMILIES, Settings, SettingsError, get_settings
 
 log = logging.getLogger("healthpredict")
 
@@ -37,6 +38,37 @@ def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _training_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Apply search-budget flags on top of the environment's settings."""
+    from dataclasses import replace
+
+    training = settings.training
+    overrides: dict[str, Any] = {}
+    if args.trials_per_family is not None:
+        overrides["trials_per_family"] = args.trials_per_family
+    if args.time_budget_s is not None:
+        overrides["time_budget_s"] = args.time_budget_s
+    if args.families:
+        overrides["families"] = tuple(args.families)
+    return replace(settings, training=replace(training, **overrides)) if overrides else settings
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.train import train_models, training_summary
+
+    result = train_models(_training_settings(args, settings))
+    print(training_summary(result))
+    return 0 if result.registered_version else 3
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.promote import promote
+
+    outcome = promote(settings, deploy=not args.no_deploy)
+    print(outcome.summary())
+    return 0 if outcome.promoted else 4
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthpredict",
@@ -58,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
     split.set_defaults(handler=cmd_split)
+
+    train = commands.add_parser(
+        "train", help="Ray Tune search over logistic regression, random forest and XGBoost; register the challenger"
+    )
+    train.add_argument("--trials-per-family", type=int, help="trials per model family (default 20)")
+    train.add_argument("--time-budget-s", type=int, help="wall-clock budget of the whole search (default 330)")
+    train.add_argument(
+        "--families", nargs="+", choices=ALL_FAMILIES, help="model families to search (default: all three)"
+    )
+    train.set_defaults(handler=cmd_train)
+
+    promote = commands.add_parser(
+        "promote", help="gate the challenger against the champion on the same holdout; deploy and move champion"
+    )
+    promote.add_argument(
+        "--no-deploy", action="store_true", help="move the champion alias directly after the gate, without deploying"
+    )
+    promote.set_defaults(handler=cmd_promote)
     return parser
 
 

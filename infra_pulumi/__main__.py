@@ -1,49 +1,26 @@
 """Pulumi program entry point: read config, compose the components, export outputs.
 
-The Pulumi CLI runs this file with ``infra_pulumi/`` (not the repository root) on ``sys.path``,
-so the ``infra_pulumi`` package is loaded from this directory explicitly when it is not
-already importable; tests import it normally from the repository root.
+The stack's virtualenv is the repository's (``Pulumi.yaml``), where ``pip install -e ".[infra]"`` makes
+the ``infra_pulumi`` package importable.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import pulumi
 
-
-def _ensure_package() -> None:
-    if "infra_pulumi" in sys.modules or importlib.util.find_spec("infra_pulumi") is not None:
-        return
-    pkg_dir = Path(__file__).resolve().parent
-    spec = importlib.util.spec_from_file_location(
-        "infra_pulumi", pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["infra_pulumi"] = module
-    spec.loader.exec_module(module)
-
-
-_ensure_package()
-
-import pulumi  # noqa: E402
-
-from infra_pulumi.compute import Compute, ComputeArgs  # noqa: E402
-from infra_pulumi.config import load_config  # noqa: E402
-from infra_pulumi.iam import Iam, IamArgs  # noqa: E402
-from infra_pulumi.network import Network, NetworkArgs  # noqa: E402
-from infra_pulumi.registry import Registry, RegistryArgs  # noqa: E402
-from infra_pulumi.security import Security, SecurityArgs, ServicePort  # noqa: E402
-from infra_pulumi.storage import Storage, StorageArgs  # noqa: E402
-from infra_pulumi.tags import base_tags  # noqa: E402
+from infra_pulumi.compute import Compute, ComputeArgs
+from infra_pulumi.config import load_config
+from infra_pulumi.iam import Iam, IamArgs
+from infra_pulumi.network import Network, NetworkArgs
+from infra_pulumi.registry import Registry, RegistryArgs
+from infra_pulumi.security import Security, SecurityArgs, ServicePort
+from infra_pulumi.storage import Storage, StorageArgs
+from infra_pulumi.tags import base_tags
 
 cfg = load_config()
 tags = base_tags(cfg.owner, pulumi.get_stack())
 
-network = Network(
-    "healthpredict", NetworkArgs(vpc_cidr=cfg.vpc_cidr, subnet_cidrs=cfg.subnet_cidrs, tags=tags)
-)
+network = Network("healthpredict", NetworkArgs(vpc_cidr=cfg.vpc_cidr, subnet_cidrs=cfg.subnet_cidrs, tags=tags))
 security = Security(
     "healthpredict",
     SecurityArgs(

@@ -32,17 +32,13 @@ _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # the AMI lookup and the Minikube/kubectl downloads are amd64-only.
 _ARM_FAMILY_RE = re.compile(r"^[a-z]+\d+[a-z]*g[a-z]*\.")
 _REPO_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-_REPO_URL_RE = re.compile(
-    r"^(https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$"
-)
+_REPO_URL_RE = re.compile(r"^(https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$")
 _COMPOSE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}\.ya?ml$")
 _OWNER_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
 _KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
 
 
-def _parse_cidrs(
-    key: str, values: tuple[str, ...]
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _parse_cidrs(key: str, values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     nets = []
     for value in values:
         if not isinstance(value, str):
@@ -140,9 +136,7 @@ class InfraConfig:
         try:
             vpc = ipaddress.IPv4Network(self.vpc_cidr, strict=True)
         except ValueError as exc:
-            raise ValueError(
-                f"{NAMESPACE}:vpcCidr: {self.vpc_cidr!r} is not a valid IPv4 CIDR ({exc})"
-            ) from exc
+            raise ValueError(f"{NAMESPACE}:vpcCidr: {self.vpc_cidr!r} is not a valid IPv4 CIDR ({exc})") from exc
         if not 16 <= vpc.prefixlen <= 24:
             raise ValueError(f"{NAMESPACE}:vpcCidr: {self.vpc_cidr} must have a prefix between /16 and /24")
         if not 1 <= self.az_count <= 6:
@@ -160,9 +154,7 @@ class InfraConfig:
                 "the Minikube/kubectl installs are amd64, pick an x86_64 type such as t3.xlarge"
             )
         if not 30 <= self.root_volume_gb <= 2048:
-            raise ValueError(
-                f"{NAMESPACE}:rootVolumeGb must be between 30 and 2048, got {self.root_volume_gb}"
-            )
+            raise ValueError(f"{NAMESPACE}:rootVolumeGb must be between 30 and 2048, got {self.root_volume_gb}")
 
     def _validate_storage(self) -> None:
         if self.kms_key_arn is not None and not _KMS_ARN_RE.fullmatch(self.kms_key_arn):
@@ -171,8 +163,7 @@ class InfraConfig:
             raise ValueError(f"{NAMESPACE}:ecrKeepLast must be between 1 and 1000, got {self.ecr_keep_last}")
         if not 1 <= self.noncurrent_version_days <= 3650:
             raise ValueError(
-                f"{NAMESPACE}:noncurrentVersionDays must be between 1 and 3650, "
-                f"got {self.noncurrent_version_days}"
+                f"{NAMESPACE}:noncurrentVersionDays must be between 1 and 3650, got {self.noncurrent_version_days}"
             )
 
     def _validate_repo(self) -> None:
@@ -229,9 +220,7 @@ def check_known_keys(keys: set[str] | frozenset[str]) -> None:
         if namespace == NAMESPACE and key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
             hint = f" (did you mean {NAMESPACE}:{close[0]}?)" if close else ""
-            raise ValueError(
-                f"unknown config key {full_key}{hint}; known keys: {', '.join(sorted(KNOWN_KEYS))}"
-            )
+            raise ValueError(f"unknown config key {full_key}{hint}; known keys: {', '.join(sorted(KNOWN_KEYS))}")
 
 
 def _configured_keys() -> set[str]:

@@ -70,18 +70,14 @@ def host_policy_document(bucket_arn: str, repository_arn: str, kms_key_arn: str 
         },
     ]
     if kms_key_arn:
-        statements.append(
-            {"Sid": "BucketKms", "Effect": "Allow", "Action": KMS_ACTIONS, "Resource": [kms_key_arn]}
-        )
+        statements.append({"Sid": "BucketKms", "Effect": "Allow", "Action": KMS_ACTIONS, "Resource": [kms_key_arn]})
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 ASSUME_ROLE_POLICY = json.dumps(
     {
         "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
     }
 )
 

@@ -54,9 +54,7 @@ class Network(pulumi.ComponentResource):
         )
         azs = aws.get_availability_zones_output(
             state="available",
-            filters=[
-                aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])
-            ],
+            filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
             opts=pulumi.InvokeOptions(parent=self),
         )
 
@@ -83,7 +81,6 @@ class Network(pulumi.ComponentResource):
 def _pick_az(names: Sequence[str], index: int) -> str:
     if index >= len(names):
         raise ValueError(
-            f"healthpredict:azCount asks for {index + 1} availability zones "
-            f"but the region offers {len(names)}"
+            f"healthpredict:azCount asks for {index + 1} availability zones but the region offers {len(names)}"
         )
     return names[index]

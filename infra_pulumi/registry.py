@@ -56,9 +56,7 @@ class Registry(pulumi.ComponentResource):
             f"{name}-service",
             image_tag_mutability="IMMUTABLE",
             image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
-            encryption_configurations=[
-                aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="AES256")
-            ],
+            encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="AES256")],
             force_delete=args.force_delete,
             tags=named(args.tags, f"{name}-service"),
             opts=child,

@@ -114,9 +114,7 @@ class Storage(pulumi.ComponentResource):
                     id="expire-noncurrent-versions",
                     status="Enabled",
                     filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                    noncurrent_version_expiration=NoncurrentExpiration(
-                        noncurrent_days=args.noncurrent_version_days
-                    ),
+                    noncurrent_version_expiration=NoncurrentExpiration(noncurrent_days=args.noncurrent_version_days),
                     abort_incomplete_multipart_upload=AbortMultipart(days_after_initiation=7),
                 )
             ],

@@ -60,9 +60,7 @@ def no_world_ssh(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     """SSH (or all traffic) must never be reachable from 0.0.0.0/0 or ::/0."""
     candidates: list[Mapping[str, Any]] = []
     if resource_type == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
-        candidates = [
-            {**props, "cidrBlocks": [props.get("cidrIpv4")], "ipv6CidrBlocks": [props.get("cidrIpv6")]}
-        ]
+        candidates = [{**props, "cidrBlocks": [props.get("cidrIpv4")], "ipv6CidrBlocks": [props.get("cidrIpv6")]}]
     elif resource_type == "aws:ec2/securityGroup:SecurityGroup":
         candidates = list(props.get("ingress") or [])
     violations = []
@@ -81,13 +79,9 @@ def bucket_hardening(resource_type: str, props: Mapping[str, Any]) -> list[str]:
         flags = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
         off = [f for f in flags if props.get(f) is not True]
         return [f"public access block flags not true: {', '.join(off)}"] if off else []
-    if (
-        resource_type
-        == "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
-    ):
+    if resource_type == "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration":
         algos = [
-            (r.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm")
-            for r in props.get("rules") or []
+            (r.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm") for r in props.get("rules") or []
         ]
         ok = bool(algos) and all(a in {"AES256", "aws:kms", "aws:kms:dsse"} for a in algos)
         return [] if ok else [f"bucket default encryption missing or unknown: {algos}"]

@@ -32,9 +32,7 @@ PYCACHE_DIR = Path(tempfile.gettempdir()) / "healthpredict-infra-pycache"
 def run_program(config: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """Run the program with ``config`` (keys like ``healthpredict:owner``) in a subprocess."""
     encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("PULUMI_") and k != "PYTHONDONTWRITEBYTECODE"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_") and k != "PYTHONDONTWRITEBYTECODE"}
     # pulumi-aws is large; without a bytecode cache every child recompiles it (seconds each).
     # The cache goes to a temp prefix so the virtualenv is never written to.
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
@@ -49,9 +47,7 @@ def run_program(config: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]
     )
     marker = "@@RESULT@@"
     if marker not in proc.stdout:
-        raise AssertionError(
-            f"harness produced no result (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise AssertionError(f"harness produced no result (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return json.loads(proc.stdout.split(marker, 1)[1])
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +101,3 @@ def test_rules_accept_safe_props() -> None:
         assert violations("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", props) == {}
     # Types that cannot be tagged are not asked for tags.
     assert violations("aws:iam/rolePolicy:RolePolicy", {"policy": "{}"}) == {}
-
-
-@pytest.mark.skipif(importlib.util.find_spec("pulumi_policy") is None, reason="pulumi-policy not installed")
-def test_policy_pack_starts_its_analyzer_server() -> None:
-    # PolicyPack() serves the analyzer gRPC API and prints its port first; then we stop it.
-    proc = subprocess.Popen(
-        [sys.executable, str(POLICY_DIR / "__main__.py")], cwd=POLICY_DIR, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip().isdigit()
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)

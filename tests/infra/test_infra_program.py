@@ -28,9 +28,7 @@ BASE: dict[str, Any] = {
 }
 KMS_ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
-DEV_EXAMPLE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "infra_pulumi" / "Pulumi.dev.yaml").read_text())[
-    "config"
-]
+DEV_EXAMPLE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "infra_pulumi" / "Pulumi.dev.yaml").read_text())["config"]
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": BASE,
@@ -108,9 +106,7 @@ def test_outputs_are_complete_and_point_at_the_instance(runs: dict[str, dict[str
     assert out["instance_id"] == "i-0123456789abcdef0"
     assert out["bucket_name"] == "healthpredict-bucket-a1b2c3"
     assert out["artifact_uri"] == "s3://healthpredict-bucket-a1b2c3/healthpredict"
-    assert (
-        out["ecr_repository_url"] == "111122223333.dkr.ecr.eu-west-1.amazonaws.com/healthpredict-service-d4e5"
-    )
+    assert out["ecr_repository_url"] == "111122223333.dkr.ecr.eu-west-1.amazonaws.com/healthpredict-service-d4e5"
     assert out["mlflow_tracking_uri"] == f"http://{dns}:5000"
     assert out["prefect_ui_url"] == f"http://{dns}:4200"
     assert out["prefect_api_url"] == f"http://{dns}:4200/api"
@@ -176,9 +172,7 @@ def test_bucket_is_versioned_encrypted_private_and_tls_only(runs: dict[str, dict
     assert one(result, "aws:s3/bucket:Bucket")["forceDestroy"] is False
     versioning = one(result, "aws:s3/bucketVersioning:BucketVersioning")
     assert versioning["versioningConfiguration"]["status"] == "Enabled"
-    sse = one(
-        result, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
-    )
+    sse = one(result, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
     assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256"
     pab = one(result, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
     flags = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
@@ -292,9 +286,7 @@ def test_dev_example_needs_owner_and_otherwise_matches_defaults(runs: dict[str, 
     }  # fmt: skip
 
     def declared(result: dict[str, Any]) -> list[str]:
-        return sorted(
-            json.dumps([r["type"], r["name"], r["inputs"]], sort_keys=True) for r in result["resources"]
-        )
+        return sorted(json.dumps([r["type"], r["name"], r["inputs"]], sort_keys=True) for r in result["resources"])
 
     assert declared(completed) == declared(default)
     assert completed["outputs"] == default["outputs"]
@@ -312,9 +304,7 @@ def test_custom_config_flows_into_resources(runs: dict[str, dict[str, Any]]) -> 
     assert api == [("", "2001:db8::/64"), (ALLOWED, "")]
     assert all(r["toPort"] == 32767 for r in rules if r["fromPort"] == 30000)
     assert result["outputs"]["api_url"].endswith(":30000")
-    sse = one(
-        result, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
-    )
+    sse = one(result, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
     rule = sse["rules"][0]
     assert rule["applyServerSideEncryptionByDefault"] == {
         "sseAlgorithm": "aws:kms",
@@ -349,9 +339,7 @@ def refused(runs: dict[str, dict[str, Any]], name: str) -> str:
 
 
 @pytest.mark.parametrize("scenario", ["ssh_world", "ssh_world_override"])
-def test_ssh_from_the_internet_is_refused_even_with_override(
-    runs: dict[str, dict[str, Any]], scenario: str
-) -> None:
+def test_ssh_from_the_internet_is_refused_even_with_override(runs: dict[str, dict[str, Any]], scenario: str) -> None:
     error = refused(runs, scenario)
     assert "healthpredict:sshCidrs" in error and "0.0.0.0/0" in error
     assert "even with allowUnsafeIngress=true" in error

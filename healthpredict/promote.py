@@ -1,0 +1,48 @@
+"""Promotion: gate the challenger, then either deploy it (which moves ``champion`` once verified live) or,
+with ``--no-deploy``, move ``champion`` directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from healthpredict.registry import GateDecision, configure_tracking, gate_challenger, set_champion
+from healthpredict.reporting import markdown_table
+from healthpredict.settings import Settings
+from healthpredict.split import SplitReader
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    decision: GateDecision
+    promoted: bool
+    detail: str
+
+    def summary(self) -> str:
+        d = self.decision
+        table = markdown_table(
+            ("model", "version", "holdout AUC"),
+            [("challenger", d.challenger_version, d.challenger_auc), ("champion", d.champion_version, d.champion_auc)],
+        )
+        verdict = "PASSED" if d.passed else "REFUSED"
+        return (
+            f"### Promotion gate: {verdict}\n\n{table}\n\n{d.reason} (holdout {d.holdout_rows} rows).\n\n{self.detail}"
+        )
+
+
+def promote(settings: Settings, deploy: bool, holdout: pd.DataFrame | None = None) -> PromotionOutcome:
+    """Gate on ``holdout`` (default: the split's test part); on a pass, deploy or move ``champion``."""
+    configure_tracking(settings)
+    if holdout is None:
+        holdout = SplitReader(settings).read("test")
+    decision = gate_challenger(settings, holdout)
+    if not decision.passed:
+        return PromotionOutcome(decision, False, "Champion unchanged.")
+    if deploy:
+        from healthpredict.deploy import deploy_version
+
+        report = deploy_version(settings, decision.challenger_version)
+        return PromotionOutcome(decision, True, report.summary())
+    set_champion(settings, decision.challenger_version)
+    return PromotionOutcome(decision, True, f"Alias `champion` now points to version {decision.challenger_version}.")

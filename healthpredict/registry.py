@@ -1,0 +1,299 @@
+"""MLflow tracking, the model registry, aliases and the promotion gate.
+
+Aliases only, never stages: ``challenger`` marks a version that passed the offline floor, ``champion`` the
+version that is deployed and verified. The gate compares challenger and champion on the same holdout, each
+through its own pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import sklearn
+import xgboost
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+
+from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
+from healthpredict.schema import TARGET_COLUMN
+from healthpredict.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+MODEL_ARTIFACT = "model"
+
+
+class RegistryError(RuntimeError):
+    """The tracking server, registered model or alias is unavailable; the message names it."""
+
+
+def pip_requirements() -> list[str]:
+    """Pinned runtime requirements of a logged pipeline (skips MLflow's slow inference)."""
+    return [
+        f"scikit-learn=={sklearn.__version__}",
+        f"xgboost=={xgboost.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+        "cloudpickle",
+        "healthpredict",
+    ]
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with a clear message when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except OSError as exc:
+        raise RegistryError(f"MLflow tracking server {uri} is unreachable ({exc}); check MLFLOW_TRACKING_URI") from exc
+
+
+def configure_tracking(settings: Settings) -> MlflowClient:
+    """Point MLflow at the configured tracking/registry URIs (entrypoints call this, never imports)."""
+    check_tracking_server(settings.tracking.tracking_uri)
+    if settings.tracking.tracking_uri.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking.tracking_uri)
+    if settings.tracking.registry_uri:
+        mlflow.set_registry_uri(settings.tracking.registry_uri)
+    return MlflowClient()
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    """The experiment id, creating it with artifacts under ``HEALTHPREDICT_HOME`` for embedded tracking."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if settings.tracking.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking.tracking_uri:
+        location = (settings.home / "mlartifacts").as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def log_pipeline(
+    pipeline: Pipeline,
+    example: pd.DataFrame,
+    metadata: dict[str, Any],
+) -> mlflow.models.model.ModelInfo:
+    """Log one fitted pipeline (cloudpickle: it holds XGBoost and project types) with signature and example.
+
+    ``metadata`` must hold the decision ``threshold``; it travels in the MLmodel file with the model.
+    """
+    if "threshold" not in metadata:
+        raise ValueError("a logged model needs its decision threshold in metadata['threshold']")
+    inputs = model_inputs(example)
+    signature = infer_signature(inputs, pipeline.predict_proba(inputs)[:, 1])
+    return mlflow.sklearn.log_model(
+        pipeline,
+        name=MODEL_ARTIFACT,
+        serialization_format="cloudpickle",
+        signature=signature,
+        input_example=inputs.head(3),
+        pip_requirements=pip_requirements(),
+        metadata={**metadata, "input_columns": list(MODEL_INPUT_COLUMNS)},
+    )
+
+
+def register_challenger(settings: Settings, model_uri: str, tags: dict[str, str]) -> ModelVersion:
+    """Register a model that passed the floor and point ``challenger`` at it."""
+    client = MlflowClient()
+    name = settings.tracking.model_name
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return version
+
+
+def version_by_alias(settings: Settings, alias: str) -> ModelVersion | None:
+    """The version an alias points to, or ``None`` when the alias (or the model) does not exist yet."""
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(settings.tracking.model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise RegistryError(f"cannot read alias {alias!r} of {settings.tracking.model_name!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline plus everything the service and the gate need to know about it."""
+
+    pipeline: Pipeline
+    threshold: float
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    family: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.pipeline.predict_proba(model_inputs(frame))[:, 1])
+
+    def describe(self) -> dict[str, Any]:
+        info = asdict(self)
+        info.pop("pipeline")
+        return info
+
+
+def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/version`` → (name, version, alias)."""
+    body = uri.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, None, alias
+    name, _, version = body.partition("/")
+    return name, version or None, None
+
+
+def load_model(uri: str) -> LoadedModel:
+    """Load a logged pipeline from a registry URI (``models:/name@alias``, ``models:/name/N``) or a folder."""
+    name = version = alias = run_id = None
+    resolved = uri
+    if uri.startswith("models:/"):
+        name, version, alias = _parse_models_uri(uri)
+        client = MlflowClient()
+        try:
+            mv = (
+                client.get_model_version_by_alias(name, alias)
+                if alias
+                else client.get_model_version(name, version or "")
+            )
+        except MlflowException as exc:
+            raise RegistryError(f"{uri}: no such registered model version or alias ({exc.message})") from exc
+        version, run_id = str(mv.version), mv.run_id
+        resolved = f"models:/{name}/{version}"
+    try:
+        pipeline = mlflow.sklearn.load_model(resolved)
+        info = Model.load(resolved)
+    except MlflowException as exc:
+        raise RegistryError(f"{uri}: model cannot be loaded ({exc.message})") from exc
+    except OSError as exc:
+        raise RegistryError(f"{uri}: model cannot be loaded ({exc})") from exc
+    metadata = info.metadata or {}
+    if "threshold" not in metadata:
+        raise RegistryError(f"{uri}: the model carries no decision threshold in its metadata")
+    if not isinstance(pipeline, Pipeline):
+        raise RegistryError(f"{uri}: expected an sklearn Pipeline, found {type(pipeline).__name__}")
+    return LoadedModel(
+        pipeline=pipeline,
+        threshold=float(metadata["threshold"]),
+        uri=uri,
+        name=name,
+        version=version,
+        alias=alias,
+        run_id=run_id or info.run_id,
+        family=metadata.get("family"),
+        metrics={k: float(v) for k, v in (metadata.get("metrics") or {}).items()},
+    )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The promotion gate's verdict, recorded on the challenger version and printed."""
+
+    passed: bool
+    reason: str
+    challenger_version: str
+    challenger_auc: float
+    champion_version: str | None
+    champion_auc: float | None
+    tolerance: float
+    holdout_rows: int
+
+    def as_tags(self) -> dict[str, str]:
+        return {
+            "gate.decision": "passed" if self.passed else "refused",
+            "gate.reason": self.reason,
+            "gate.challenger_auc": f"{self.challenger_auc:.6f}",
+            "gate.champion_auc": "" if self.champion_auc is None else f"{self.champion_auc:.6f}",
+            "gate.champion_version": self.champion_version or "",
+            "gate.tolerance": str(self.tolerance),
+            "gate.holdout_rows": str(self.holdout_rows),
+        }
+
+
+def holdout_auc(model: LoadedModel, holdout: pd.DataFrame) -> float:
+    return float(roc_auc_score(holdout[TARGET_COLUMN], model.predict_proba(holdout)))
+
+
+def gate_challenger(settings: Settings, holdout: pd.DataFrame) -> GateDecision:
+    """Compare ``challenger`` with ``champion`` on one holdout; record the decision on the challenger."""
+    name = settings.tracking.model_name
+    challenger_mv = version_by_alias(settings, CHALLENGER)
+    if challenger_mv is None:
+        raise RegistryError(f"registered model {name!r} has no {CHALLENGER!r} alias; run `healthpredict train` first")
+    challenger = load_model(f"models:/{name}/{challenger_mv.version}")
+    challenger_auc = holdout_auc(challenger, holdout)
+    champion_mv = version_by_alias(settings, CHAMPION)
+    tolerance = settings.gates.tolerance
+    champion_auc: float | None = None
+    if champion_mv is None:
+        passed, reason = True, "no champion yet"
+    elif champion_mv.version == challenger_mv.version:
+        passed, reason = True, "challenger is already the champion"
+        champion_auc = challenger_auc
+    else:
+        champion_auc = holdout_auc(load_model(f"models:/{name}/{champion_mv.version}"), holdout)
+        passed = challenger_auc >= champion_auc - tolerance
+        relation = "within tolerance of or better than" if passed else "worse than"
+        reason = (
+            f"challenger AUC {challenger_auc:.4f} is {relation} champion AUC {champion_auc:.4f} (tolerance {tolerance})"
+        )
+    decision = GateDecision(
+        passed=passed,
+        reason=reason,
+        challenger_version=str(challenger_mv.version),
+        challenger_auc=challenger_auc,
+        champion_version=None if champion_mv is None else str(champion_mv.version),
+        champion_auc=champion_auc,
+        tolerance=tolerance,
+        holdout_rows=len(holdout),
+    )
+    client = MlflowClient()
+    for key, value in decision.as_tags().items():
+        client.set_model_version_tag(name, decision.challenger_version, key, value)
+    return decision
+
+
+def set_champion(settings: Settings, version: str) -> None:
+    """Move ``champion`` to a version (after it was verified live, or with ``promote --no-deploy``)."""
+    MlflowClient().set_registered_model_alias(settings.tracking.model_name, CHAMPION, version)
+
+
+def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.tracking.model_name, version, key, value)
+
+
+def decision_json(decision: GateDecision) -> str:
+    return json.dumps(asdict(decision), indent=2, sort_keys=True)

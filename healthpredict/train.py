@@ -1,0 +1,263 @@
+"""Training run: search every family, refit and evaluate each family's best, register the overall best.
+
+One parent MLflow run per training run; one nested run per trial (params, validation AUC per report) and
+one nested run per family's refit best (test metrics, plots, the logged pipeline). The winner by validation
+AUC becomes a new version of the registered model with alias ``challenger`` if it passes the AUC floor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from healthpredict.evaluate import Evaluation, choose_threshold, evaluate_model, evaluation_figures
+from healthpredict.features import model_inputs
+from healthpredict.modeling import build_pipeline
+from healthpredict.registry import configure_tracking, ensure_experiment, git_commit, log_pipeline, register_challenger
+from healthpredict.reporting import markdown_table
+from healthpredict.schema import TARGET_COLUMN
+from healthpredict.settings import Family, Settings
+from healthpredict.split import SplitReader
+from healthpredict.tune import SearchResult, encode_for_search, ray_session, run_search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """A family's refit best: its search, holdout evaluation and logged model."""
+
+    family: Family
+    search: SearchResult
+    val_auc: float
+    evaluation: Evaluation
+    run_id: str
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    parent_run_id: str
+    experiment_id: str
+    families: list[FamilyResult]
+    winner: FamilyResult
+    registered_version: str | None
+    floor_passed: bool
+    seconds: float
+
+    def leaderboard_rows(self) -> list[tuple[Any, ...]]:
+        rows = []
+        for result in sorted(self.families, key=lambda r: r.val_auc, reverse=True):
+            ev = result.evaluation
+            rows.append(
+                (
+                    result.family, len(result.search.trials), result.search.pruned, result.val_auc, ev.roc_auc,
+                    f"[{ev.roc_auc_ci_low:.3f}, {ev.roc_auc_ci_high:.3f}]", ev.pr_auc, ev.brier, ev.log_loss,
+                    ev.f1, ev.threshold, round(result.search.seconds, 1),
+                )
+            )  # fmt: skip
+        return rows
+
+    def leaderboard_markdown(self) -> str:
+        headers = (
+            "family", "trials", "pruned", "val AUC", "test AUC", "test AUC 95% CI (patients)", "PR-AUC", "Brier",
+            "log loss", "F1@thr", "threshold", "search s",
+        )  # fmt: skip
+        return markdown_table(headers, self.leaderboard_rows())
+
+
+def _log_trials(search: SearchResult) -> None:
+    """One nested run per trial, so every trial is comparable in the MLflow UI."""
+    for trial in search.trials:
+        with mlflow.start_run(run_name=f"{search.family}-{trial.trial_id}", nested=True):
+            mlflow.set_tags({"kind": "trial", "family": search.family, "pruned": str(trial.pruned)})
+            mlflow.log_params({f"hp.{k}": v for k, v in trial.params.items()})
+            for step, value in enumerate(trial.history, start=1):
+                mlflow.log_metric("val_auc_by_report", value, step=step)
+            mlflow.log_metrics({"val_auc": trial.val_auc, "reports": trial.reports, "trial_seconds": trial.seconds})
+
+
+def refit_and_evaluate(
+    family: Family, search: SearchResult, frames: dict[str, pd.DataFrame], settings: Settings, manifest_sha: str
+) -> FamilyResult:
+    """Refit the family's best configuration on train, pick its threshold on val, evaluate on test, log it."""
+    training = settings.training
+    train, val, test = frames["train"], frames["val"], frames["test"]
+    pipeline = build_pipeline(
+        family, search.best.params, seed=training.seed, n_jobs=os.cpu_count() or 1, xgb_device=training.xgb_device
+    )
+    pipeline.fit(model_inputs(train), train[TARGET_COLUMN])
+    if family == "xgboost":
+        pipeline.named_steps["model"].set_params(device="cpu")  # served on CPU whatever trained it
+    val_scores = pipeline.predict_proba(model_inputs(val))[:, 1]
+    threshold = choose_threshold(val[TARGET_COLUMN].to_numpy(), val_scores, training.threshold_metric)
+    from sklearn.metrics import roc_auc_score
+
+    val_auc = float(roc_auc_score(val[TARGET_COLUMN], val_scores))
+    test_scores = pipeline.predict_proba(model_inputs(test))[:, 1]
+    evaluation = evaluate_model(
+        test[TARGET_COLUMN].to_numpy(), test_scores, threshold, test["patient_nbr"].to_numpy(),
+        training.bootstrap_rounds, training.seed,
+    )  # fmt: skip
+    with mlflow.start_run(run_name=f"best-{family}", nested=True) as run:
+        mlflow.set_tags({"kind": "family-best", "family": family, "data.manifest_sha256": manifest_sha})
+        mlflow.log_params({f"hp.{k}": v for k, v in search.best.params.items()})
+        mlflow.log_metrics({"val_auc": val_auc, **evaluation.as_metrics()})
+        for name, figure in evaluation_figures(
+            test[TARGET_COLUMN].to_numpy(), test_scores, threshold, pipeline, family
+        ).items():
+            mlflow.log_figure(figure, f"plots/{name}")
+        metadata = {
+            "threshold": threshold,
+            "threshold_metric": training.threshold_metric,
+            "family": family,
+            "target": settings.data.target,
+            "params": search.best.params,
+            "metrics": {"val_auc": val_auc, **evaluation.as_metrics()},
+            "data_manifest_sha256": manifest_sha,
+        }
+        info = log_pipeline(pipeline, train, metadata)
+    return FamilyResult(family, search, val_auc, evaluation, run.info.run_id, info.model_uri)
+
+
+def train_models(
+    settings: Settings, frames: dict[str, pd.DataFrame] | None = None, run_name: str | None = None
+) -> TrainingResult:
+    """The ``healthpredict train`` command: search → refit → evaluate → register the challenger.
+
+    ``frames`` (train/val/test) defaults to the current split; continuous improvement passes its own window.
+    """
+    started = time.monotonic()
+    reader = SplitReader(settings)
+    if frames is None:
+        frames = {name: reader.read(name) for name in ("train", "val", "test")}
+    manifest_sha = reader.manifest_sha256
+    configure_tracking(settings)
+    experiment_id = ensure_experiment(settings, settings.tracking.experiment)
+    training = settings.training
+    storage = settings.home / "ray_results"
+    storage.mkdir(parents=True, exist_ok=True)
+    results: list[FamilyResult] = []
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or f"train-{reader.split_id}") as parent:
+        mlflow.set_tags({"kind": "training", "git_commit": git_commit(), "split_id": reader.split_id})
+        mlflow.log_params(
+            {
+                "families": ",".join(training.families), "trials_per_family": training.trials_per_family,
+                "max_concurrent": training.max_concurrent, "time_budget_s": training.time_budget_s,
+                "seed": training.seed, "target": settings.data.target, "threshold_metric": training.threshold_metric,
+                "train_rows": len(frames["train"]), "val_rows": len(frames["val"]), "test_rows": len(frames["test"]),
+                "ray_address": training.ray_address or "local",
+            }
+        )  # fmt: skip
+        with ray_session(settings):
+            for index, family in enumerate(training.families):
+                remaining = training.time_budget_s - (time.monotonic() - started)
+                budget = max(10.0, remaining / (len(training.families) - index))
+                data = encode_for_search(frames["train"], frames["val"], family)
+                log.info("searching %s: %d trials, %.0f s budget", family, training.trials_per_family, budget)
+                search = run_search(family, data, settings, budget, storage)
+                _log_trials(search)
+                results.append(refit_and_evaluate(family, search, frames, settings, manifest_sha))
+        winner = max(results, key=lambda r: r.val_auc)
+        floor_passed = winner.evaluation.roc_auc >= settings.gates.auc_floor
+        result = TrainingResult(
+            parent_run_id=parent.info.run_id,
+            experiment_id=experiment_id,
+            families=results,
+            winner=winner,
+            registered_version=None,
+            floor_passed=floor_passed,
+            seconds=time.monotonic() - started,
+        )
+        leaderboard = result.leaderboard_markdown()
+        mlflow.log_text(leaderboard, "leaderboard.md")
+        mlflow.log_table(
+            pd.DataFrame(
+                result.leaderboard_rows(),
+                columns=[
+                    "family",
+                    "trials",
+                    "pruned",
+                    "val_auc",
+                    "test_auc",
+                    "test_auc_ci",
+                    "pr_auc",
+                    "brier",
+                    "log_loss",
+                    "f1",
+                    "threshold",
+                    "search_s",
+                ],
+            ),
+            "leaderboard.json",
+        )
+        mlflow.log_metrics(
+            {"winner_val_auc": winner.val_auc, "winner_test_auc": winner.evaluation.roc_auc,
+             "training_seconds": result.seconds}
+        )  # fmt: skip
+        mlflow.set_tag("winner_family", winner.family)
+        version = None
+        if floor_passed:
+            tags = {
+                "family": winner.family,
+                "data_manifest_sha256": manifest_sha,
+                "split_id": reader.split_id,
+                "git_commit": git_commit(),
+                "training_run_id": parent.info.run_id,
+                "test_auc": f"{winner.evaluation.roc_auc:.6f}",
+                "val_auc": f"{winner.val_auc:.6f}",
+                "test_auc_ci": f"{winner.evaluation.roc_auc_ci_low:.4f}-{winner.evaluation.roc_auc_ci_high:.4f}",
+                "threshold": f"{winner.evaluation.threshold:.6f}",
+            }
+            version = register_challenger(settings, winner.model_uri, tags).version
+            mlflow.set_tag("registered_version", version)
+        else:
+            mlflow.set_tag("registered_version", "none: below AUC floor")
+            log.warning(
+                "best model (%s, test AUC %.4f) is below the AUC floor %.2f; nothing registered",
+                winner.family, winner.evaluation.roc_auc, settings.gates.auc_floor,
+            )  # fmt: skip
+    return TrainingResult(**{**result.__dict__, "registered_version": version, "seconds": time.monotonic() - started})
+
+
+def training_summary(result: TrainingResult) -> str:
+    winner = result.winner
+    status = (
+        f"registered version {result.registered_version} with alias `challenger`"
+        if result.registered_version
+        else "not registered: below the AUC floor"
+    )
+    return (
+        f"### Training run `{result.parent_run_id}`\n\n{result.leaderboard_markdown()}\n\n"
+        f"Winner by validation AUC: **{winner.family}** (test AUC {winner.evaluation.roc_auc:.4f}, 95% CI "
+        f"{winner.evaluation.roc_auc_ci_low:.4f}–{winner.evaluation.roc_auc_ci_high:.4f}); {status}. "
+        f"Took {result.seconds:.0f} s."
+    )
+
+
+def dump_result(result: TrainingResult, path: Path) -> None:
+    """Write a small JSON summary (used by benchmarks)."""
+    payload = {
+        "parent_run_id": result.parent_run_id,
+        "registered_version": result.registered_version,
+        "seconds": result.seconds,
+        "families": {
+            r.family: {
+                "val_auc": r.val_auc,
+                "trials": len(r.search.trials),
+                "pruned": r.search.pruned,
+                "best_params": r.search.best.params,
+                **r.evaluation.as_metrics(),
+            }
+            for r in result.families
+        },
+    }
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))

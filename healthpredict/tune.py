@@ -1,0 +1,212 @@
+"""Ray Tune search over one model family: Optuna (TPE) proposes, ASHA prunes.
+
+The feature encoding has no hyper-parameters, so train and validation are encoded once in the driver and
+sent to the workers once through ``tune.with_parameters`` (the Ray object store); trials only fit
+estimators. XGBoost reports validation AUC every few boosting rounds and random forests every few trees
+(warm start), so ASHA can stop bad trials early; logistic regression reports once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+
+from healthpredict.features import FeatureEngineer, build_preprocessor, model_inputs
+from healthpredict.modeling import (
+    RF_TREES_PER_REPORT,
+    XGB_ROUNDS_PER_REPORT,
+    build_estimator,
+    max_reports,
+    scales_numeric,
+    search_space,
+)
+from healthpredict.schema import TARGET_COLUMN
+from healthpredict.settings import Family, Settings
+
+log = logging.getLogger(__name__)
+METRIC = "val_auc"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished (or pruned) trial: what was tried, how it scored, where it ran."""
+
+    trial_id: str
+    params: dict[str, Any]
+    val_auc: float
+    history: list[float]
+    reports: int
+    pruned: bool
+    node_ip: str | None
+    pid: int | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    family: Family
+    trials: list[TrialRecord]
+    best: TrialRecord
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pruned(self) -> int:
+        return sum(t.pruned for t in self.trials)
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def encode_for_search(train: pd.DataFrame, val: pd.DataFrame, family: Family) -> EncodedData:
+    """Fit the (parameter-free) feature encoding on train once and apply it to validation."""
+    encoder = Pipeline([("features", FeatureEngineer()), ("encode", build_preprocessor(scales_numeric(family)))])
+    x_train = encoder.fit_transform(model_inputs(train)).astype(np.float32)
+    x_val = encoder.transform(model_inputs(val)).astype(np.float32)
+    return EncodedData(x_train, train[TARGET_COLUMN].to_numpy(), x_val, val[TARGET_COLUMN].to_numpy())
+
+
+def _trial(config: dict[str, Any], data: EncodedData, family: Family, seed: int, xgb_device: str) -> None:
+    """A Ray Tune function trainable: fits one configuration and reports validation AUC as it grows."""
+    params = {k: v for k, v in config.items()}
+    estimator = build_estimator(family, params, seed=seed, n_jobs=1, xgb_device=xgb_device)
+    if family == "xgboost":
+        import xgboost as xgb
+
+        class ReportEveryChunk(xgb.callback.TrainingCallback):
+            def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+                rounds = epoch + 1
+                if rounds % XGB_ROUNDS_PER_REPORT == 0 or rounds == int(params["n_estimators"]):
+                    scores = model.inplace_predict(data.x_val, iteration_range=(0, rounds))
+                    tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "rounds": rounds})
+                return False
+
+        estimator.set_params(callbacks=[ReportEveryChunk()], eval_metric=None)
+        estimator.fit(data.x_train, data.y_train)
+    elif family == "random_forest":
+        target = int(params["n_estimators"])
+        estimator.set_params(warm_start=True)
+        for trees in range(RF_TREES_PER_REPORT, target + 1, RF_TREES_PER_REPORT):
+            estimator.set_params(n_estimators=trees)
+            estimator.fit(data.x_train, data.y_train)
+            scores = estimator.predict_proba(data.x_val)[:, 1]
+            tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "trees": trees})
+    else:
+        estimator.fit(data.x_train, data.y_train)
+        tune.report({METRIC: float(roc_auc_score(data.y_val, estimator.predict_proba(data.x_val)[:, 1]))})
+
+
+def _expected_reports(family: Family, params: dict[str, Any]) -> int:
+    if family == "xgboost":
+        return -(-int(params["n_estimators"]) // XGB_ROUNDS_PER_REPORT)
+    if family == "random_forest":
+        return int(params["n_estimators"]) // RF_TREES_PER_REPORT
+    return 1
+
+
+@contextmanager
+def ray_session(settings: Settings) -> Iterator[None]:
+    """Connect to ``RAY_ADDRESS`` if set, else start Ray locally sized to this machine; disconnect after."""
+    if ray.is_initialized():
+        yield
+        return
+    address = settings.training.ray_address
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_search(
+    family: Family,
+    data: EncodedData,
+    settings: Settings,
+    time_budget_s: float,
+    storage: Path,
+) -> SearchResult:
+    """Search one family within its trial and time budget; Ray must already be initialised."""
+    training = settings.training
+    started = time.monotonic()
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(metric=METRIC, mode="max", seed=training.seed), max_concurrent=training.max_concurrent
+    )
+    horizon = max_reports(family)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=horizon,
+        grace_period=min(4, horizon),
+        reduction_factor=3,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, data=data, family=family, seed=training.seed, xgb_device=training.xgb_device),
+        {"cpu": 1, "gpu": 1 if training.xgb_device == "cuda" and family == "xgboost" else 0},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(family),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=training.trials_per_family,
+            time_budget_s=max(1.0, time_budget_s),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(name=f"{family}-{int(time.time())}", storage_path=str(storage), verbose=0),
+    )
+    grid = tuner.fit()
+    trials: list[TrialRecord] = []
+    for index in range(len(grid)):
+        result = grid[index]
+        if result.error is not None or not result.metrics or METRIC not in result.metrics:
+            log.warning("a %s trial reported nothing (%s)", family, result.error or "stopped by the time budget")
+            continue
+        history_frame = result.metrics_dataframe
+        history = [float(v) for v in history_frame[METRIC]] if history_frame is not None else []
+        params = dict(result.config or {})
+        trials.append(
+            TrialRecord(
+                trial_id=str(result.metrics.get("trial_id")),
+                params=params,
+                val_auc=float(result.metrics[METRIC]),
+                history=history,
+                reports=len(history),
+                pruned=len(history) < _expected_reports(family, params),
+                node_ip=result.metrics.get("node_ip"),
+                pid=result.metrics.get("pid"),
+                seconds=float(result.metrics.get("time_total_s", 0.0)),
+            )
+        )
+    if not trials:
+        raise RuntimeError(f"every {family} trial failed; see the Ray logs under {storage}")
+    trials.sort(key=lambda t: t.trial_id)
+    completed = [t for t in trials if not t.pruned] or trials
+    best = max(completed, key=lambda t: (t.val_auc, t.trial_id))
+    return SearchResult(family=family, trials=trials, best=best, seconds=time.monotonic() - started)
