@@ -69,6 +69,22 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if outcome.promoted else 4
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    # The app is named, not imported: the domain package does not depend on the service layer.
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host or settings.service.host,
+        port=args.port if args.port is not None else settings.service.port,
+        workers=1,
+        access_log=False,  # request lines only would be safe, but bodies must never be logged anywhere
+        log_level="info",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthpredict",
@@ -108,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-deploy", action="store_true", help="move the champion alias directly after the gate, without deploying"
     )
     promote.set_defaults(handler=cmd_promote)
+
+    serve = commands.add_parser("serve", help="serve predictions from HEALTHPREDICT_MODEL_URI (uvicorn, Litestar)")
+    serve.add_argument("--host", help="bind address (default HEALTHPREDICT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default HEALTHPREDICT_PORT or 8000)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 
