@@ -66,13 +66,15 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
 
 
 def configure_tracking(settings: Settings) -> MlflowClient:
-    """Point MLflow at the configured tracking/registry URIs (entrypoints call this, never imports)."""
+    """Point MLflow at the configured tracking/registry URIs and experiment (entrypoints call this, never imports)."""
     check_tracking_server(settings.tracking.tracking_uri)
     if settings.tracking.tracking_uri.startswith("sqlite:///"):
         settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking.tracking_uri)
     if settings.tracking.registry_uri:
         mlflow.set_registry_uri(settings.tracking.registry_uri)
+    # The active experiment is process-global in MLflow: set it for this tracking store explicitly.
+    mlflow.set_experiment(experiment_id=ensure_experiment(settings, settings.tracking.experiment))
     return MlflowClient()
 
 
@@ -258,7 +260,7 @@ def gate_challenger(settings: Settings, holdout: pd.DataFrame) -> GateDecision:
     champion_auc: float | None = None
     if champion_mv is None:
         passed, reason = True, "no champion yet"
-    elif champion_mv.version == challenger_mv.version:
+    elif str(champion_mv.version) == str(challenger_mv.version):
         passed, reason = True, "challenger is already the champion"
         champion_auc = challenger_auc
     else:

@@ -21,7 +21,13 @@ import pandas as pd
 from healthpredict.evaluate import Evaluation, choose_threshold, evaluate_model, evaluation_figures
 from healthpredict.features import model_inputs
 from healthpredict.modeling import build_pipeline
-from healthpredict.registry import configure_tracking, ensure_experiment, git_commit, log_pipeline, register_challenger
+from healthpredict.registry import (
+    configure_tracking,
+    ensure_experiment,
+    git_commit,
+    log_pipeline,
+    register_challenger,
+)
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import Family, Settings
@@ -217,7 +223,7 @@ def train_models(
                 "test_auc_ci": f"{winner.evaluation.roc_auc_ci_low:.4f}-{winner.evaluation.roc_auc_ci_high:.4f}",
                 "threshold": f"{winner.evaluation.threshold:.6f}",
             }
-            version = register_challenger(settings, winner.model_uri, tags).version
+            version = str(register_challenger(settings, winner.model_uri, tags).version)
             mlflow.set_tag("registered_version", version)
         else:
             mlflow.set_tag("registered_version", "none: below AUC floor")

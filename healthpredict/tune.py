@@ -48,11 +48,13 @@ class TrialRecord:
     """One finished (or pruned) trial: what was tried, how it scored, where it ran."""
 
     trial_id: str
+    order: int
     params: dict[str, Any]
     val_auc: float
     history: list[float]
     reports: int
     pruned: bool
+    node_id: str | None
     node_ip: str | None
     pid: int | None
     seconds: float
@@ -89,7 +91,8 @@ def encode_for_search(train: pd.DataFrame, val: pd.DataFrame, family: Family) ->
 
 def _trial(config: dict[str, Any], data: EncodedData, family: Family, seed: int, xgb_device: str) -> None:
     """A Ray Tune function trainable: fits one configuration and reports validation AUC as it grows."""
-    params = {k: v for k, v in config.items()}
+    params = dict(config)
+    node_id = ray.get_runtime_context().get_node_id()
     estimator = build_estimator(family, params, seed=seed, n_jobs=1, xgb_device=xgb_device)
     if family == "xgboost":
         import xgboost as xgb
@@ -99,7 +102,9 @@ def _trial(config: dict[str, Any], data: EncodedData, family: Family, seed: int,
                 rounds = epoch + 1
                 if rounds % XGB_ROUNDS_PER_REPORT == 0 or rounds == int(params["n_estimators"]):
                     scores = model.inplace_predict(data.x_val, iteration_range=(0, rounds))
-                    tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "rounds": rounds})
+                    tune.report(
+                        {METRIC: float(roc_auc_score(data.y_val, scores)), "rounds": rounds, "node_id": node_id}
+                    )
                 return False
 
         estimator.set_params(callbacks=[ReportEveryChunk()], eval_metric=None)
@@ -111,10 +116,11 @@ def _trial(config: dict[str, Any], data: EncodedData, family: Family, seed: int,
             estimator.set_params(n_estimators=trees)
             estimator.fit(data.x_train, data.y_train)
             scores = estimator.predict_proba(data.x_val)[:, 1]
-            tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "trees": trees})
+            tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "trees": trees, "node_id": node_id})
     else:
         estimator.fit(data.x_train, data.y_train)
-        tune.report({METRIC: float(roc_auc_score(data.y_val, estimator.predict_proba(data.x_val)[:, 1]))})
+        scores = estimator.predict_proba(data.x_val)[:, 1]
+        tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "node_id": node_id})
 
 
 def _expected_reports(family: Family, params: dict[str, Any]) -> int:
@@ -194,11 +200,13 @@ def run_search(
         trials.append(
             TrialRecord(
                 trial_id=str(result.metrics.get("trial_id")),
+                order=int(str(result.metrics.get("experiment_tag", "0")).split("_", 1)[0]),
                 params=params,
                 val_auc=float(result.metrics[METRIC]),
                 history=history,
                 reports=len(history),
                 pruned=len(history) < _expected_reports(family, params),
+                node_id=result.metrics.get("node_id"),
                 node_ip=result.metrics.get("node_ip"),
                 pid=result.metrics.get("pid"),
                 seconds=float(result.metrics.get("time_total_s", 0.0)),
@@ -206,7 +214,7 @@ def run_search(
         )
     if not trials:
         raise RuntimeError(f"every {family} trial failed; see the Ray logs under {storage}")
-    trials.sort(key=lambda t: t.trial_id)
+    trials.sort(key=lambda t: t.order)  # suggestion order (trial ids are random)
     completed = [t for t in trials if not t.pruned] or trials
-    best = max(completed, key=lambda t: (t.val_auc, t.trial_id))
+    best = max(completed, key=lambda t: (t.val_auc, -t.order))
     return SearchResult(family=family, trials=trials, best=best, seconds=time.monotonic() - started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,12 @@ import pytest
 
 from healthpredict.schema import CATEGORY_VOCABULARIES, MEDICATION_COLUMNS, RAW_COLUMNS
 from healthpredict.settings import Settings
+
+# Every Ray process the tests start (local instances and the test cluster) binds to loopback only; Ray reads
+# this when it is first imported, so it is set before any test module imports it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(
@@ -160,4 +167,36 @@ def real_split_home(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -
 
     home = tmp_path_factory.mktemp("real-home")
     run_split(make_settings(home, HEALTHPREDICT_RAW_DATA=str(real_data)))
+    return home
+
+
+def training_env(home: Path, split_home: Path, **env: str) -> dict[str, str]:
+    """Environment for a small, fast training run that reads an existing split and tracks under ``home``."""
+    return {
+        "HEALTHPREDICT_HOME": str(home),
+        "HEALTHPREDICT_ARTIFACT_URI": str(split_home / "artifacts"),
+        "HEALTHPREDICT_TRIALS_PER_FAMILY": "2",
+        "HEALTHPREDICT_TIME_BUDGET_S": "90",
+        "HEALTHPREDICT_BOOTSTRAP_ROUNDS": "50",
+        "HEALTHPREDICT_MAX_CONCURRENT": "2",
+        **env,
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory: pytest.TempPathFactory, real_split_home: Path) -> Path:
+    """A home where a small real search ran through Ray and MLflow and registered a challenger."""
+    from healthpredict.train import train_models
+
+    home = tmp_path_factory.mktemp("trained-home")
+    settings = Settings.from_env(training_env(home, real_split_home))
+    result = train_models(settings)
+    assert result.registered_version == "1"
+    (home / "training.json").write_text(
+        json.dumps(
+            {"parent_run_id": result.parent_run_id, "winner": result.winner.family,
+             "test_auc": result.winner.evaluation.roc_auc, "families": [r.family for r in result.families],
+             "trials": {r.family: len(r.search.trials) for r in result.families}}
+        )
+    )  # fmt: skip
     return home

@@ -94,9 +94,7 @@ def test_multi_stage_with_substitutable_python_base(parsed: tuple[dict[str, str]
     for stage in stages:
         assert stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE"), f"stage {stage.name} ignores PYTHON_IMAGE"
     builder = stages[0]
-    assert any(re.search(r"\bpip install \.(\s|$)", r) for r in builder.args("RUN")), (
-        "builder must pip install ."
-    )
+    assert any(re.search(r"\bpip install \.(\s|$)", r) for r in builder.args("RUN")), "builder must pip install ."
     assert any("/opt/venv" in r for r in builder.args("RUN"))
 
 
@@ -130,9 +128,7 @@ def test_runtime_contract(final: Stage) -> None:
     env = " ".join(final.args("ENV"))
     assert re.search(r"HEALTHPREDICT_HOME=/tmp/healthpredict\b", env)
     assert "/opt/venv/bin" in env
-    argv = _exec_form(final.args("ENTRYPOINT")[-1]) + (
-        _exec_form(final.args("CMD")[-1]) if final.args("CMD") else []
-    )
+    argv = _exec_form(final.args("ENTRYPOINT")[-1]) + (_exec_form(final.args("CMD")[-1]) if final.args("CMD") else [])
     assert argv == ["healthpredict", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 
@@ -172,9 +168,7 @@ def _ignored(patterns: list[str], path: str) -> bool:
 
 
 def test_dockerignore_excludes_secrets_state_and_data() -> None:
-    patterns = [
-        ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
-    ]
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     for path in (
         ".env",
         ".env.local",

@@ -224,9 +224,7 @@ def test_no_secret_values_committed_in_configmaps_or_env(rendered: dict, target:
     docs = rendered[target]
     for cm in (d for d in docs if d["kind"] == "ConfigMap"):
         for key in cm.get("data", {}):
-            assert not re.search(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY", key), (
-                f"secret-like key {key} in ConfigMap"
-            )
+            assert not re.search(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY", key), f"secret-like key {key} in ConfigMap"
     for e in _container(docs)["env"]:
         if re.search(r"TOKEN|PASSWORD|SECRET", e["name"]):
             assert "value" not in e, f"{e['name']} has a literal value"
@@ -348,10 +346,7 @@ def test_minikube_overlay(rendered: dict, rendered_text: dict) -> None:
     assert repo == IMAGE_NAME, "minikube uses the locally built image"
     assert c["imagePullPolicy"] in ("IfNotPresent", "Never")
     cm_name = next(e["configMapRef"]["name"] for e in c["envFrom"] if "configMapRef" in e)
-    assert (
-        _one(docs, "ConfigMap", cm_name)["data"]["MLFLOW_TRACKING_URI"]
-        == "http://host.minikube.internal:5000"
-    )
+    assert _one(docs, "ConfigMap", cm_name)["data"]["MLFLOW_TRACKING_URI"] == "http://host.minikube.internal:5000"
     # The referenced secret is generated (from the git-ignored reload.env) in this overlay.
     token_ref = next(e for e in c["env"] if e["name"] == "HEALTHPREDICT_RELOAD_TOKEN")
     secret = _one(docs, "Secret", token_ref["valueFrom"]["secretKeyRef"]["name"])

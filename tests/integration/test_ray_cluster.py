@@ -1,0 +1,78 @@
+"""Scale-out: a real two-node Ray cluster on 127.0.0.1 runs the search through RAY_ADDRESS."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port, stop_process, training_env
+
+from healthpredict.settings import Settings
+from healthpredict.split import SplitReader
+from healthpredict.tune import encode_for_search, ray_session, run_search
+
+pytestmark = pytest.mark.integration
+
+# Ray rewrites "127.0.0.1"/"localhost" to the machine's outward address when it forms a multi-node cluster,
+# so the nodes bind to other loopback addresses (127.0.0.2 head, 127.0.0.3 worker), which it keeps as given.
+# Nothing leaves the loopback range.
+
+
+def _ray(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # a multi-node cluster (see above)
+    return subprocess.Popen([ray, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def test_search_runs_on_a_two_node_cluster(real_split_home: Path, tmp_path: Path) -> None:
+    import ray
+
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's unix socket paths must stay short
+    address = f"127.0.0.2:{port}"
+    common = ["--block", "--num-cpus", "1", "--disable-usage-stats"]
+    head = _ray(
+        "start", "--head", "--port", str(port), "--include-dashboard", "false",
+        "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.2", *common, log=tmp_path / "head.log",
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "Ray runtime started" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            time.sleep(0.5)
+        worker = _ray(
+            "start", "--address", address, "--node-ip-address", "127.0.0.3", *common,
+            log=tmp_path / "worker.log",
+        )  # fmt: skip
+        settings = Settings.from_env(
+            training_env(tmp_path, real_split_home, RAY_ADDRESS=address, HEALTHPREDICT_TRIALS_PER_FAMILY="2")
+        )
+        reader = SplitReader(settings)
+        data = encode_for_search(reader.read("train"), reader.read("val"), "random_forest")
+        with ray_session(settings):
+            deadline = time.monotonic() + 90
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            alive = [n for n in ray.nodes() if n["Alive"]]
+            nodes = {n["NodeID"] for n in alive}
+            assert len(nodes) == 2, "the second node did not join"
+            assert {n["NodeManagerAddress"] for n in alive} == {"127.0.0.2", "127.0.0.3"}
+            assert ray.get_runtime_context().gcs_address == address
+            result = run_search("random_forest", data, settings, 120, tmp_path / "ray-results")
+        assert not ray.is_initialized()  # disconnected, cluster left running for its owner
+        assert len(result.trials) == 2
+        used = {t.node_id for t in result.trials}
+        # two concurrent trials, one CPU per node: one trial on each node, data shipped through the object store
+        assert used == nodes, f"trials ran on {used}, cluster nodes {nodes}"
+        assert head.poll() is None and worker.poll() is None
+    finally:
+        for process in (worker, head):
+            if process is not None:
+                stop_process(process, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
