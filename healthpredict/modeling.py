@@ -34,12 +34,12 @@ def search_space(family: Family) -> dict[str, Any]:
         }
     if family == "random_forest":
         return {
-            "n_estimators": tune.qrandint(100, 300, RF_TREES_PER_REPORT),
-            "max_depth": tune.randint(4, 20),
+            "n_estimators": tune.qrandint(100, 250, RF_TREES_PER_REPORT),
+            "max_depth": tune.randint(4, 18),
             "max_leaf_nodes": tune.choice([0, 64, 256, 1024]),
             "min_samples_leaf": tune.randint(2, 80),
-            "max_features": tune.uniform(0.03, 0.3),
-            "max_samples": tune.uniform(0.2, 0.8),
+            "max_features": tune.uniform(0.03, 0.25),
+            "max_samples": tune.uniform(0.15, 0.6),
         }
     if family == "xgboost":
         return {
@@ -60,7 +60,7 @@ def max_reports(family: Family) -> int:
     if family == "xgboost":
         return 600 // XGB_ROUNDS_PER_REPORT
     if family == "random_forest":
-        return 300 // RF_TREES_PER_REPORT
+        return 250 // RF_TREES_PER_REPORT
     return 1
 
 

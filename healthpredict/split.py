@@ -137,11 +137,20 @@ def write_split(
     return manifest
 
 
-def run_split(settings: Settings, source: str | None = None) -> dict[str, Any]:
-    """Fetch → validate → clean → split → write: the ``healthpredict split`` command."""
-    raw = fetch_raw_data(settings, source)
+def split_raw_data(raw: RawData, settings: Settings) -> dict[str, Any]:
+    """Validate → clean → split → write a fetched raw file; returns the manifest."""
     clean, report = clean_encounters(load_raw(raw), settings.data.target)
     return write_split(split_dataset(clean, settings.data), report, raw, settings)
+
+
+def split_exists(settings: Settings, split_id: str) -> bool:
+    """Whether a complete split (its manifest) is in the artifact store."""
+    return ArtifactStore(settings.data.artifact_uri, settings).exists(SPLIT_DIR, split_id, MANIFEST_NAME)
+
+
+def run_split(settings: Settings, source: str | None = None) -> dict[str, Any]:
+    """Fetch → validate → clean → split → write: the ``healthpredict split`` command."""
+    return split_raw_data(fetch_raw_data(settings, source), settings)
 
 
 class SplitReader:

@@ -1,0 +1,33 @@
+"""Settings for a flow run: the worker's environment plus the run's typed parameters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from healthpredict.settings import Settings
+
+
+def flow_settings(**training: Any) -> Settings:
+    """Read settings from the environment (fresh each run) and apply the non-``None`` training overrides."""
+    settings = Settings.from_env()
+    overrides = {key: value for key, value in training.items() if value is not None}
+    if "families" in overrides:
+        overrides["families"] = tuple(overrides["families"])
+    return replace(settings, training=replace(settings.training, **overrides)) if overrides else settings
+
+
+def mlflow_run_link(settings: Settings, experiment_id: str, run_id: str) -> str:
+    """A clickable link to a run when tracking is a server, else the run id and the store."""
+    uri = settings.tracking.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return f"[MLflow run {run_id}]({uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"MLflow run `{run_id}` in `{uri}`"
+
+
+def model_version_link(settings: Settings, version: str) -> str:
+    uri = settings.tracking.tracking_uri
+    name = settings.tracking.model_name
+    if uri.startswith(("http://", "https://")):
+        return f"[{name} version {version}]({uri.rstrip('/')}/#/models/{name}/versions/{version})"
+    return f"`{name}` version {version} in `{uri}`"

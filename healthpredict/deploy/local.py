@@ -1,0 +1,114 @@
+"""The ``local`` target: a real uvicorn candidate on a free loopback port, verified before anything moves.
+
+1. start ``healthpredict serve`` for the exact version (``models:/name/N``) on a free port;
+2. verify it: ready, reports version N, smoke predictions equal the offline model's;
+3. switch the running service (``HEALTHPREDICT_SERVICE_URL``), if there is one, by an authenticated
+   ``POST /admin/reload`` after ``champion`` moves, and verify it reports N;
+4. stop the candidate. Any failure stops the candidate and leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from healthpredict.deploy.common import (
+    DeploymentError,
+    DeploymentReport,
+    http_json,
+    load_offline,
+    smoke_records,
+    verify_service,
+)
+from healthpredict.settings import Settings
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_service(settings: Settings, model_uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """A ``healthpredict serve`` process for one model URI on 127.0.0.1 (no alias polling)."""
+    env = {
+        **os.environ,
+        "HEALTHPREDICT_MODEL_URI": model_uri,
+        "HEALTHPREDICT_MODEL_POLL_SECONDS": "0",
+        "HEALTHPREDICT_HOME": str(settings.home),
+        "MLFLOW_TRACKING_URI": settings.tracking.tracking_uri,
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "healthpredict.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DeploymentError(f"candidate at {base_url} exited with code {process.returncode}")
+        try:
+            http_json("GET", f"{base_url}/health/ready", timeout=2)
+            return
+        except DeploymentError:
+            time.sleep(0.5)
+    raise DeploymentError(f"candidate at {base_url} was not ready within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+def deploy_local(settings: Settings, version: str, report: DeploymentReport) -> None:
+    """Steps 1-2 and the candidate's shutdown; step 3's switch happens in :func:`switch_running_service`."""
+    offline = load_offline(settings, version)
+    records = smoke_records(settings)
+    port = free_loopback_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = settings.home / "deploy" / f"candidate-v{version}.log"
+    candidate = start_service(settings, f"models:/{settings.tracking.model_name}/{version}", port, log_path)
+    report.step(f"candidate started at {base_url} (pid {candidate.pid}, log {log_path})")
+    try:
+        wait_ready(base_url, candidate)
+        verify_service(base_url, version, offline, records)
+        report.step(f"candidate verified: ready, reports version {version}, {len(records)} smoke predictions match")
+    finally:
+        stop(candidate)
+        report.step("candidate stopped")
+    running = os.environ.get("HEALTHPREDICT_SERVICE_URL")
+    if running:
+        report.url = running
+        report.step(f"running service at {running} will be switched after the alias moves")
+
+
+def switch_running_service(settings: Settings, version: str, report: DeploymentReport) -> None:
+    """Tell the running service to reload ``champion`` and check it now serves ``version``."""
+    if not report.url:
+        report.step("no running service configured (HEALTHPREDICT_SERVICE_URL); it picks the alias up on start")
+        return
+    token = settings.service.reload_token
+    if not token:
+        raise DeploymentError("HEALTHPREDICT_RELOAD_TOKEN is required to switch the running service")
+    http_json("POST", f"{report.url}/admin/reload", token=token, timeout=120)
+    info = http_json("GET", f"{report.url}/v1/model")
+    if str(info.get("version")) != version:
+        raise DeploymentError(f"running service at {report.url} reports version {info.get('version')} after reload")
+    report.step(f"running service at {report.url} reloaded and serves version {version}")

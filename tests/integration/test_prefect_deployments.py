@@ -1,0 +1,63 @@
+"""A real Prefect server, work pool, `prefect deploy --all`, a worker, and `prefect deployment run --watch`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT_ROOT, free_port, stop_process, training_env, wait_for_http
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+
+def test_train_deployment_runs_on_a_worker(real_split_home: Path, tmp_path: Path) -> None:
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        **training_env(home, real_split_home),
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            args, env=env, cwd=PROJECT_ROOT, stdout=(tmp_path / log).open("wb"), stderr=subprocess.STDOUT
+        )
+        processes.append(process)
+        return process
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [prefect, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, f"prefect {' '.join(args)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    try:
+        server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
+        wait_for_http(f"{api}/health", timeout=120, process=server)
+        run("work-pool", "create", "healthpredict", "--type", "process")
+        deployed = run("deploy", "--all")
+        for name in ("split-data/default", "train/default", "promote/default", "deploy/local", "pipeline/default"):
+            assert name in run("deployment", "ls").stdout.replace("\n", "") or name in deployed.stdout
+        start([prefect, "worker", "start", "--pool", "healthpredict"], "worker.log")
+        done = run(
+            "deployment", "run", "train/default", "-p", "trials_per_family=1", "-p", "time_budget_s=40",
+            "-p", 'families=["logreg"]', "--watch", timeout=600,
+        )  # fmt: skip
+        assert "Completed" in done.stdout
+        client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+        versions = client.search_model_versions("name = 'health-predict'")
+        assert [str(v.version) for v in versions] == ["1"]
+        assert client.get_model_version_by_alias("health-predict", "challenger").tags["family"] == "logreg"
+    finally:
+        for process in reversed(processes):
+            stop_process(process, timeout=30)
