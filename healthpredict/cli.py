@@ -70,6 +70,26 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if outcome.promoted else 4
 
 
+def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.deploy import deploy_version
+    from healthpredict.registry import CHALLENGER, configure_tracking, version_by_alias
+
+    configure_tracking(settings)
+    version = args.version
+    if version is None:
+        challenger = version_by_alias(settings, CHALLENGER)
+        if challenger is None:
+            raise RuntimeError(f"{settings.tracking.model_name!r} has no challenger; pass --version")
+        version = str(challenger.version)
+    print(deploy_version(settings, version).summary())
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    print(f"`healthpredict {args.pending}` is not available in this release.", file=sys.stderr)
+    return 2
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -83,6 +103,53 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,  # request lines only would be safe, but bodies must never be logged anywhere
         log_level="info",
     )
+    return 0
+
+
+def _named(reference: str) -> Any:
+    """An object named ``module:attribute`` (flows and the service are edges this package does not import)."""
+    import importlib
+
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.deploy.common import http_json, smoke_records, to_request_records
+    from healthpredict.deploy.local import start_service, stop, wait_ready
+
+    run_pipeline = _named("flows.pipeline:pipeline")
+    outcome = run_pipeline(
+        source=args.source,
+        trials_per_family=args.trials_per_family or settings.training.trials_per_family,
+        time_budget_s=args.time_budget_s or settings.training.time_budget_s,
+        families=list(args.families) if args.families else None,
+        no_deploy=args.no_deploy,
+    )
+    print(outcome["training"]["summary"])
+    print(outcome["promotion"]["summary"])
+    if not outcome["promotion"]["promoted"]:
+        return 4
+    port = args.port if args.port is not None else settings.service.port
+    base_url = f"http://{settings.service.host}:{port}"
+    service = start_service(settings, settings.service.model_uri, port, settings.home / "service.log")
+    try:
+        wait_ready(base_url, service)
+        record = to_request_records(smoke_records(settings, 1))[0]
+        answer = http_json("POST", f"{base_url}/v1/predict", record)
+        print(f"\nThe champion is served at {base_url} (log {settings.home / 'service.log'}).")
+        print(
+            f"Sample prediction for test encounter {int(smoke_records(settings, 1)['encounter_id'].iloc[0])}: {answer}"
+        )
+        print(f"Try: curl -s {base_url}/v1/model ; the API is described at {base_url}/schema/swagger")
+        if args.exit_after_sample:
+            return 0
+        print("Serving until interrupted (Ctrl-C).")
+        service.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(service)
     return 0
 
 
@@ -130,6 +197,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default HEALTHPREDICT_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default HEALTHPREDICT_PORT or 8000)")
     serve.set_defaults(handler=cmd_serve)
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="raw data → split → search → registry → gate → verified deployment → champion served (Prefect flow)",
+    )
+    pipeline.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
+    pipeline.add_argument("--trials-per-family", type=int, help="trials per model family (default 20)")
+    pipeline.add_argument("--time-budget-s", type=int, help="wall-clock budget of the search (default 330)")
+    pipeline.add_argument("--families", nargs="+", choices=ALL_FAMILIES, help="model families (default: all)")
+    pipeline.add_argument("--no-deploy", action="store_true", help="move champion without the deployment step")
+    pipeline.add_argument("--port", type=int, help="port of the served champion (default HEALTHPREDICT_PORT or 8000)")
+    pipeline.add_argument(
+        "--exit-after-sample", action="store_true", help="stop the service after the sample prediction"
+    )
+    pipeline.set_defaults(handler=cmd_pipeline)
+
+    deploy = commands.add_parser(
+        "deploy", help="deploy a model version (local target), verify it live, then move champion"
+    )
+    deploy.add_argument("--version", help="registered version to deploy (default: the challenger)")
+    deploy.set_defaults(handler=cmd_deploy)
+
+    for name, text in (
+        ("drift", "drift report of a future batch against the champion's training data"),
+        ("improve", "continuous improvement over the future batches"),
+    ):
+        pending = commands.add_parser(name, help=text)
+        pending.set_defaults(handler=cmd_pending, pending=name)
     return parser
 
 
