@@ -46,10 +46,15 @@ log = logging.getLogger(__name__)
 
 #: The largest ``|fast - pipeline|`` a compiled predictor may show on the verification frame.
 TOLERANCE = 1e-5
+#: Above this many rows a predictor uses its batch runtime, when it has one.
+SMALL_BATCH_ROWS = 64
+_BATCH_PREFERENCE = {"XGBClassifier": "xgboost-inplace"}
 #: Distinct ICD-9 codes remembered per encoder; codes beyond it are grouped on every call (bounded memory).
 ICD9_CACHE_LIMIT = 50_000
 
 _POSITION = {column: i for i, column in enumerate(MODEL_INPUT_COLUMNS)}
+_COUNT_POSITIONS = tuple((column, _POSITION[column]) for column in COUNT_COLUMNS)
+_MED_POSITIONS = tuple(_POSITION[column] for column in MEDICATION_COLUMNS)
 
 
 class _AgeOrdinal(dict[Any, float]):
@@ -156,6 +161,18 @@ class FeatureEncoder:
         absent = [med for med in MEDICATION_COLUMNS if med not in self._med_tables]
         if absent:
             raise CompileError(f"medication(s) {absent} are not one-hot encoded by the pipeline")
+        # Plans for the one-row path: positions and look-ups resolved once.
+        self._numeric_columns = [out for _, out, _, _ in self._numeric]
+        self._plain_plan: list[tuple[int, _Lookup]] = []
+        self._diag_plan: list[tuple[int, _Lookup]] = []
+        for feature, lookup in self._onehot:
+            if feature.endswith("_group") and (diag := feature.removesuffix("_group")) in DIAG_COLUMNS:
+                self._diag_plan.append((_POSITION[diag], lookup))
+            elif feature in _POSITION:
+                self._plain_plan.append((_POSITION[feature], lookup))
+            else:
+                raise CompileError(f"no rule derives categorical feature {feature!r}")
+        self._med_plan = [self._med_tables[med].tolist() for med in MEDICATION_COLUMNS]
 
     @staticmethod
     def _lookup(feature: str, categories: list[str], offset: int) -> _Lookup:
@@ -226,20 +243,24 @@ class FeatureEncoder:
 
     def _encode_one(self, row: Sequence[Any]) -> np.ndarray:
         """The same encoding for one row in plain Python: a single request pays no per-column numpy calls."""
-        values = {c: float(row[_POSITION[c]]) for c in COUNT_COLUMNS}
+        values = {c: float(row[p]) for c, p in _COUNT_POSITIONS}
         values["age_ordinal"] = _AGE_ORDINAL[row[_POSITION["age"]]]
-        codes = [self._med_codes[row[_POSITION[med]]] for med in MEDICATION_COLUMNS]
-        values["n_meds_changed"] = float(sum(_MED_CHANGED_FLAGS[code] for code in codes))
-        values["n_meds_active"] = float(sum(_MED_ACTIVE_FLAGS[code] for code in codes))
+        med_codes = self._med_codes
+        codes = [med_codes[row[p]] for p in _MED_POSITIONS]
+        values["n_meds_changed"] = float(sum(map(_MED_CHANGED_FLAGS.__getitem__, codes)))
+        values["n_meds_active"] = float(sum(map(_MED_ACTIVE_FLAGS.__getitem__, codes)))
         values["prior_visits"] = values["number_outpatient"] + values["number_emergency"] + values["number_inpatient"]
         matrix = np.zeros((1, self.n_features), dtype=self.dtype)
-        numeric_columns = [out for _, out, _, _ in self._numeric]
-        matrix[0, numeric_columns] = [(values[f] - mean) / scale for f, _, mean, scale in self._numeric]
-        columns = [(value,) for value in row]
-        hot = [lookup[self._raw_values(feature, columns)[0]] for feature, lookup in self._onehot]
-        hot += [int(self._med_tables[med][code]) for med, code in zip(MEDICATION_COLUMNS, codes, strict=True)]
+        matrix[0, self._numeric_columns] = [(values[f] - mean) / scale for f, _, mean, scale in self._numeric]
+        hot = [lookup[row[p]] for p, lookup in self._plain_plan]
+        hot += [lookup[self._icd9_one(row[p])] for p, lookup in self._diag_plan]
+        hot += [table[code] for table, code in zip(self._med_plan, codes, strict=True)]
         matrix[0, [col for col in hot if col >= 0]] = 1
         return matrix
+
+    def _icd9_one(self, code: Any) -> str:
+        group = self._icd9_cache.get(code)
+        return group if group is not None else self._icd9_groups([code])[0]
 
     def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.encode_rows(_as_row_values(frame))
@@ -326,8 +347,21 @@ class FastPredictor:
     encoder: FeatureEncoder
     runtime: Runtime
     runtime_name: str
+    batch_runtime: Runtime | None = None  # used above SMALL_BATCH_ROWS rows when set
+    batch_runtime_name: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self.batch_runtime_name is None:
+            return self.runtime_name
+        return f"{self.runtime_name} (batches over {SMALL_BATCH_ROWS} rows: {self.batch_runtime_name})"
+
+    def runtimes(self) -> list[Runtime]:
+        return [self.runtime] if self.batch_runtime is None else [self.runtime, self.batch_runtime]
 
     def predict_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        if self.batch_runtime is not None and len(rows) > SMALL_BATCH_ROWS:
+            return self.batch_runtime(self.encoder.encode_rows(rows))
         return self.runtime(self.encoder.encode_rows(rows))
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -350,10 +384,12 @@ def runtimes_for(pipeline: Pipeline) -> tuple[str, ...]:
     return ("sklearn",)
 
 
-def compile_pipeline(pipeline: Pipeline, runtime: str | None = None) -> FastPredictor:
+def compile_pipeline(pipeline: Pipeline, runtime: str | None = None, batch_runtime: str | None = None) -> FastPredictor:
     """Compile a fitted ``FeatureEngineer`` → ``ColumnTransformer`` → classifier pipeline.
 
-    ``runtime`` picks the estimator runtime (see :func:`runtimes_for`); by default the fastest one.
+    ``runtime`` picks the estimator runtime (see :func:`runtimes_for`); by default the fastest one for a single
+    row, plus the fastest one for large batches where that differs (XGBoost: ONNX per row, the booster's own
+    multi-row predictor for batches).
     """
     steps = [step for _, step in pipeline.steps]
     if len(steps) != 3 or not isinstance(steps[0], FeatureEngineer) or not isinstance(steps[1], ColumnTransformer):
@@ -375,13 +411,25 @@ def compile_pipeline(pipeline: Pipeline, runtime: str | None = None) -> FastPred
         ),
         "sklearn": lambda: _sklearn_runtime(model),
     }
-    return FastPredictor(encoder=encoder, runtime=runtimes[name](), runtime_name=name)
+    if runtime is None and batch_runtime is None:
+        batch_runtime = _BATCH_PREFERENCE.get(type(model).__name__)
+    if batch_runtime is not None and batch_runtime not in runtimes_for(pipeline):
+        raise CompileError(f"runtime {batch_runtime!r} cannot run {type(model).__name__}")
+    return FastPredictor(
+        encoder=encoder,
+        runtime=runtimes[name](),
+        runtime_name=name,
+        batch_runtime=None if batch_runtime in (None, name) else runtimes[batch_runtime](),
+        batch_runtime_name=None if batch_runtime in (None, name) else batch_runtime,
+    )
 
 
 def max_difference(predictor: FastPredictor, pipeline: Pipeline, frame: pd.DataFrame) -> float:
     """``max |fast - pipeline.predict_proba|`` over the rows of a raw frame."""
     expected = pipeline.predict_proba(frame[list(MODEL_INPUT_COLUMNS)])[:, 1]
-    return float(np.max(np.abs(predictor.predict_frame(frame) - expected), initial=0.0))
+    encoded = predictor.encoder.encode_frame(frame)
+    answers = [predictor.predict_frame(frame), *(runtime(encoded) for runtime in predictor.runtimes())]
+    return max(float(np.max(np.abs(answer - expected), initial=0.0)) for answer in answers)
 
 
 def compile_verified(pipeline: Pipeline, frame: pd.DataFrame, tolerance: float = TOLERANCE) -> FastPredictor:

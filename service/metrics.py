@@ -51,7 +51,7 @@ class ServiceMetrics:
                 "alias": info.alias or "",
                 "run_id": info.run_id or "",
                 "family": info.family or "",
-                "runtime": served.predictor.runtime_name,
+                "runtime": served.predictor.description,
             }
         )
         self.model_loaded.set(1)

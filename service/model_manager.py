@@ -175,7 +175,7 @@ class ModelManager:
             self._failed_version = None
             log.info(
                 "serving %s version %s (%s runtime)", served.info.name or self.uri, served.version,
-                served.predictor.runtime_name,
+                served.predictor.description,
             )  # fmt: skip
             if self._on_swap is not None:
                 self._on_swap(served)
@@ -213,6 +213,6 @@ def describe(manager: ModelManager) -> dict[str, Any]:
         "family": info.family,
         "metrics": dict(info.metrics),
         "threshold": served.threshold,
-        "runtime": served.predictor.runtime_name,
+        "runtime": served.predictor.description,
         "loaded_at": served.loaded_at,
     }
