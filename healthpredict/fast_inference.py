@@ -20,6 +20,7 @@ service runs it at every load and falls back to an exact runtime when the differ
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -279,8 +280,11 @@ def _logreg_runtime(model: LogisticRegression) -> Runtime:
     return predict
 
 
-def _xgboost_runtime(model: Any) -> Runtime:
+def _xgboost_runtime(model: Any, threads: int = 1) -> Runtime:
     booster = model.get_booster()
+    if threads > 1:  # a private copy: the fitted model's own settings stay untouched
+        booster = booster.copy()
+        booster.set_param({"nthread": threads})
     iteration_range = model._get_iteration_range(None)
     objective = model.get_params().get("objective") or "binary:logistic"
     if objective != "binary:logistic":
@@ -296,19 +300,19 @@ def _xgboost_runtime(model: Any) -> Runtime:
     return predict
 
 
-def _onnx_xgboost_runtime(model: Any, n_features: int) -> Runtime:
+def _onnx_xgboost_runtime(model: Any, n_features: int, threads: int = 1) -> Runtime:
     from onnxmltools.convert import convert_xgboost
     from onnxmltools.convert.common.data_types import FloatTensorType
 
     onnx_model = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15)
-    return _onnx_session_runtime(onnx_model.SerializeToString())
+    return _onnx_session_runtime(onnx_model.SerializeToString(), threads)
 
 
-def _onnx_session_runtime(serialized: bytes) -> Runtime:
+def _onnx_session_runtime(serialized: bytes, threads: int = 1) -> Runtime:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
@@ -328,7 +332,7 @@ def _sklearn_runtime(model: Any) -> Runtime:
     return predict
 
 
-def _onnx_forest_runtime(model: RandomForestClassifier, n_features: int) -> Runtime:
+def _onnx_forest_runtime(model: RandomForestClassifier, n_features: int, threads: int = 1) -> Runtime:
     from skl2onnx import to_onnx
 
     onnx_model = to_onnx(
@@ -337,7 +341,7 @@ def _onnx_forest_runtime(model: RandomForestClassifier, n_features: int) -> Runt
         options={id(model): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    return _onnx_session_runtime(onnx_model.SerializeToString())
+    return _onnx_session_runtime(onnx_model.SerializeToString(), threads)
 
 
 @dataclass(frozen=True)
@@ -384,43 +388,55 @@ def runtimes_for(pipeline: Pipeline) -> tuple[str, ...]:
     return ("sklearn",)
 
 
-def compile_pipeline(pipeline: Pipeline, runtime: str | None = None, batch_runtime: str | None = None) -> FastPredictor:
+def compile_pipeline(
+    pipeline: Pipeline, runtime: str | None = None, batch_runtime: str | None = None, batch_threads: int | None = None
+) -> FastPredictor:
     """Compile a fitted ``FeatureEngineer`` → ``ColumnTransformer`` → classifier pipeline.
 
-    ``runtime`` picks the estimator runtime (see :func:`runtimes_for`); by default the fastest one for a single
-    row, plus the fastest one for large batches where that differs (XGBoost: ONNX per row, the booster's own
-    multi-row predictor for batches).
+    ``runtime`` picks the estimator runtime for small inputs (see :func:`runtimes_for`; by default the fastest
+    one); ``batch_runtime`` the one for batches over :data:`SMALL_BATCH_ROWS` rows, run on ``batch_threads``
+    threads (default: all cores). By default batches use the fastest batch runtime (XGBoost: the booster's own
+    predictor; otherwise the single-row runtime, multi-threaded where it can be).
     """
     steps = [step for _, step in pipeline.steps]
     if len(steps) != 3 or not isinstance(steps[0], FeatureEngineer) or not isinstance(steps[1], ColumnTransformer):
         raise CompileError("expected a FeatureEngineer → ColumnTransformer → estimator pipeline")
     model = steps[2]
-    name = runtime or runtimes_for(pipeline)[0]
-    if name not in runtimes_for(pipeline):
-        raise CompileError(f"runtime {name!r} cannot run {type(model).__name__}")
-    # Trees split float32 values (sklearn and XGBoost both cast); the linear model works in float64.
-    dtype = np.float64 if name in ("numpy", "sklearn") and isinstance(model, LogisticRegression) else np.float32
-    encoder = FeatureEncoder(steps[1], dtype=dtype)
-    runtimes: dict[str, Callable[[], Runtime]] = {
-        "numpy": lambda: _logreg_runtime(model),
-        "xgboost-inplace": lambda: _xgboost_runtime(model),
-        "onnx": lambda: (
-            _onnx_forest_runtime(model, encoder.n_features)
-            if isinstance(model, RandomForestClassifier)
-            else _onnx_xgboost_runtime(model, encoder.n_features)
-        ),
-        "sklearn": lambda: _sklearn_runtime(model),
-    }
+    available = runtimes_for(pipeline)
+    name = runtime or available[0]
     if runtime is None and batch_runtime is None:
-        batch_runtime = _BATCH_PREFERENCE.get(type(model).__name__)
-    if batch_runtime is not None and batch_runtime not in runtimes_for(pipeline):
-        raise CompileError(f"runtime {batch_runtime!r} cannot run {type(model).__name__}")
+        batch_runtime = _BATCH_PREFERENCE.get(type(model).__name__, name)
+    for chosen in (name, batch_runtime):
+        if chosen is not None and chosen not in available:
+            raise CompileError(f"runtime {chosen!r} cannot run {type(model).__name__}")
+    # Trees split float32 values (sklearn and XGBoost both cast); the linear model works in float64.
+    dtype = np.float64 if isinstance(model, LogisticRegression) and name in ("numpy", "sklearn") else np.float32
+    encoder = FeatureEncoder(steps[1], dtype=dtype)
+
+    def make(runtime_name: str, threads: int) -> Runtime:
+        if runtime_name == "numpy":
+            return _logreg_runtime(model)
+        if runtime_name == "xgboost-inplace":
+            return _xgboost_runtime(model, threads)
+        if runtime_name == "onnx" and isinstance(model, RandomForestClassifier):
+            return _onnx_forest_runtime(model, encoder.n_features, threads)
+        if runtime_name == "onnx":
+            return _onnx_xgboost_runtime(model, encoder.n_features, threads)
+        return _sklearn_runtime(model)
+
+    threads = batch_threads or os.cpu_count() or 1
+    # Only XGBoost's own predictor gained from more threads on 10k rows; ONNX Runtime's thread pool lost to one
+    # thread on the 2-core benchmark machine (docs/PERFORMANCE.md).
+    threaded = batch_runtime == "xgboost-inplace" and threads > 1
+    separate_batch = batch_runtime is not None and (batch_runtime != name or threaded)
     return FastPredictor(
         encoder=encoder,
-        runtime=runtimes[name](),
+        runtime=make(name, 1),
         runtime_name=name,
-        batch_runtime=None if batch_runtime in (None, name) else runtimes[batch_runtime](),
-        batch_runtime_name=None if batch_runtime in (None, name) else batch_runtime,
+        batch_runtime=make(batch_runtime, threads) if separate_batch and batch_runtime else None,
+        batch_runtime_name=(f"{batch_runtime} x{threads} threads" if threaded else batch_runtime)
+        if separate_batch
+        else None,
     )
 
 
@@ -439,15 +455,16 @@ def compile_verified(pipeline: Pipeline, frame: pd.DataFrame, tolerance: float =
     an encoder that disagrees with the pipeline makes this fail.
     """
     errors: list[str] = []
-    for name in runtimes_for(pipeline):
+    for name in (None, *runtimes_for(pipeline)):  # None: the default single-row + batch pairing
+        label = name or "default"
         try:
             predictor = compile_pipeline(pipeline, runtime=name)
         except (CompileError, ImportError, RuntimeError, ValueError) as exc:
-            errors.append(f"{name}: {exc}")
+            errors.append(f"{label}: {exc}")
             continue
         difference = max_difference(predictor, pipeline, frame)
         if difference <= tolerance:
             return predictor
-        errors.append(f"{name}: max difference {difference:.3g} > {tolerance}")
-        log.warning("fast runtime %s rejected: max difference %.3g > %g", name, difference, tolerance)
+        errors.append(f"{label}: max difference {difference:.3g} > {tolerance}")
+        log.warning("fast runtime %s rejected: max difference %.3g > %g", label, difference, tolerance)
     raise CompileError("no runtime reproduces the pipeline: " + "; ".join(errors))
