@@ -1,0 +1,470 @@
+"""Compile a fitted pipeline into a pandas-free predictor for serving.
+
+A logged model is one sklearn ``Pipeline`` (``FeatureEngineer`` → ``ColumnTransformer`` → estimator). Running
+it per request costs a DataFrame, ~45 pandas column operations and a ColumnTransformer (milliseconds). At load
+time :func:`compile_pipeline` reads the fitted state (one-hot ``categories_``, scaler ``mean_``/``scale_``,
+estimator parameters) and builds:
+
+* :class:`FeatureEncoder` — rows of raw values (in :data:`MODEL_INPUT_COLUMNS` order) straight into the
+  encoded matrix, with per-column dictionary look-ups instead of pandas. ICD-9 groups are computed by
+  :func:`healthpredict.features.icd9_group` itself (once per distinct code, then cached), so the rule lives
+  in one place.
+* an estimator runtime — logistic regression: one dot product and a sigmoid; XGBoost:
+  ``Booster.inplace_predict``; random forest: ONNX Runtime when it matches, else sklearn's own trees on the
+  encoded float32 matrix (exact).
+
+:func:`verify_predictor` compares the compiled predictor with ``pipeline.predict_proba`` on a frame; the
+service runs it at every load and falls back to an exact runtime when the difference exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from healthpredict.features import (
+    DIAG_COLUMNS,
+    MISSING_CATEGORY,
+    MODEL_INPUT_COLUMNS,
+    NUMERIC_FEATURES,
+    FeatureEngineer,
+    icd9_group,
+)
+from healthpredict.schema import AGE_BANDS, COUNT_COLUMNS, ID_CODE_VOCABULARIES, MEDICATION_COLUMNS, MEDICATION_VALUES
+
+log = logging.getLogger(__name__)
+
+#: The largest ``|fast - pipeline|`` a compiled predictor may show on the verification frame.
+TOLERANCE = 1e-5
+#: Above this many rows a predictor uses its batch runtime, when it has one.
+SMALL_BATCH_ROWS = 64
+_BATCH_PREFERENCE = {"XGBClassifier": "xgboost-inplace"}
+#: Distinct ICD-9 codes remembered per encoder; codes beyond it are grouped on every call (bounded memory).
+ICD9_CACHE_LIMIT = 50_000
+
+_POSITION = {column: i for i, column in enumerate(MODEL_INPUT_COLUMNS)}
+_COUNT_POSITIONS = tuple((column, _POSITION[column]) for column in COUNT_COLUMNS)
+_MED_POSITIONS = tuple(_POSITION[column] for column in MEDICATION_COLUMNS)
+
+
+class _AgeOrdinal(dict[Any, float]):
+    """``[0-10)`` → 0 … ``[90-100)`` → 9; anything else is NaN, as :func:`age_ordinal` maps it."""
+
+    def __missing__(self, key: Any) -> float:
+        return float("nan")
+
+
+_AGE_ORDINAL = _AgeOrdinal({band: float(i) for i, band in enumerate(AGE_BANDS)})
+
+Runtime = Callable[[np.ndarray], np.ndarray]
+
+
+class CompileError(ValueError):
+    """The pipeline holds a step the compiler does not reproduce; the message names it."""
+
+
+class _Lookup(dict[Any, int]):
+    """Category → output column; anything unknown maps to -1 (``handle_unknown="ignore"``)."""
+
+    def __missing__(self, key: Any) -> int:
+        return -1
+
+
+def _as_row_values(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """Rows of a raw frame in model-input order, missing values as ``None`` (as a decoded request has them)."""
+    inputs = frame[list(MODEL_INPUT_COLUMNS)].astype(object)
+    inputs = inputs.where(inputs.notna(), None)
+    return list(inputs.itertuples(index=False, name=None))
+
+
+def _is_identity(step: Any) -> bool:
+    """``"passthrough"`` — fitted ColumnTransformers hold it as a ``FunctionTransformer`` without a function."""
+    if isinstance(step, str):
+        return step == "passthrough"
+    return isinstance(step, FunctionTransformer) and step.func is None and step.inverse_func is None
+
+
+_MED_CODES = {value: i for i, value in enumerate(MEDICATION_VALUES)}  # "No" is 0
+_MED_UNKNOWN = len(MEDICATION_VALUES)
+_MED_CHANGED_FLAGS = (*(value in ("Up", "Down") for value in MEDICATION_VALUES), False)
+_MED_ACTIVE_FLAGS = (*(value != "No" for value in MEDICATION_VALUES), True)
+_MED_CHANGED = np.array(_MED_CHANGED_FLAGS)
+_MED_ACTIVE = np.array(_MED_ACTIVE_FLAGS)
+
+
+class _MedicationCodes(dict[Any, int]):
+    """Dose → code; a missing dose counts as ``No`` (as in ``engineer_features``), anything else as unknown."""
+
+    def __init__(self) -> None:
+        super().__init__(_MED_CODES)
+        self[None] = _MED_CODES["No"]
+
+    def __missing__(self, key: Any) -> int:
+        return _MED_UNKNOWN
+
+
+class FeatureEncoder:
+    """The fitted ``FeatureEngineer`` + ``ColumnTransformer`` of a pipeline, without pandas.
+
+    Every categorical feature becomes one dictionary look-up from the raw value (``None`` = missing) to its
+    one-hot column, with the missing-value rule of :func:`engineer_features` folded into the dictionary.
+    """
+
+    def __init__(self, transformer: ColumnTransformer, dtype: type[np.floating[Any]]) -> None:
+        self.dtype = dtype
+        self._icd9_cache: dict[Any, str] = {}
+        self._med_codes = _MedicationCodes()
+        self._numeric: list[tuple[str, int, float, float]] = []  # feature, output column, mean, scale
+        self._onehot: list[tuple[str, _Lookup]] = []  # feature, raw value (or ICD-9 group) → output column
+        self._med_tables: dict[str, np.ndarray] = {}  # medication → output column per dose code
+        offset = 0
+        for name, step, columns in transformer.transformers_:
+            if step == "drop" or len(columns) == 0:
+                continue
+            if _is_identity(step) or isinstance(step, StandardScaler):
+                unknown = [c for c in columns if c not in NUMERIC_FEATURES]
+                if unknown:
+                    raise CompileError(f"transformer {name!r}: numeric step over non-numeric feature(s) {unknown}")
+                means = getattr(step, "mean_", None)
+                scales = getattr(step, "scale_", None)
+                for j, column in enumerate(columns):
+                    mean = 0.0 if means is None else float(means[j])
+                    scale = 1.0 if scales is None else float(scales[j])
+                    self._numeric.append((column, offset + j, mean, scale))
+                offset += len(columns)
+            elif isinstance(step, OneHotEncoder):
+                if step.drop_idx_ is not None or getattr(step, "_infrequent_enabled", False):
+                    raise CompileError(f"transformer {name!r}: one-hot with drop/infrequent categories")
+                if step.handle_unknown not in ("ignore", "infrequent_if_exist"):
+                    raise CompileError(f"transformer {name!r}: handle_unknown={step.handle_unknown!r}")
+                for column, categories in zip(columns, step.categories_, strict=True):
+                    lookup = self._lookup(column, [str(c) for c in categories], offset)
+                    if column in MEDICATION_COLUMNS:
+                        table = [lookup[v] for v in MEDICATION_VALUES] + [-1]
+                        self._med_tables[column] = np.asarray(table, dtype=np.intp)
+                    else:
+                        self._onehot.append((column, lookup))
+                    offset += len(categories)
+            else:
+                raise CompileError(f"transformer {name!r}: unsupported step {type(step).__name__}")
+        self.n_features = offset
+        absent = [med for med in MEDICATION_COLUMNS if med not in self._med_tables]
+        if absent:
+            raise CompileError(f"medication(s) {absent} are not one-hot encoded by the pipeline")
+        # Plans for the one-row path: positions and look-ups resolved once.
+        self._numeric_columns = [out for _, out, _, _ in self._numeric]
+        self._plain_plan: list[tuple[int, _Lookup]] = []
+        self._diag_plan: list[tuple[int, _Lookup]] = []
+        for feature, lookup in self._onehot:
+            if feature.endswith("_group") and (diag := feature.removesuffix("_group")) in DIAG_COLUMNS:
+                self._diag_plan.append((_POSITION[diag], lookup))
+            elif feature in _POSITION:
+                self._plain_plan.append((_POSITION[feature], lookup))
+            else:
+                raise CompileError(f"no rule derives categorical feature {feature!r}")
+        self._med_plan = [self._med_tables[med].tolist() for med in MEDICATION_COLUMNS]
+
+    @staticmethod
+    def _lookup(feature: str, categories: list[str], offset: int) -> _Lookup:
+        """Raw value → output column, reproducing how ``engineer_features`` derives the category."""
+        lookup = _Lookup({category: offset + k for k, category in enumerate(categories)})
+        if feature in ID_CODE_VOCABULARIES:  # codes arrive as integers; the pipeline one-hots digit strings
+            lookup = _Lookup({int(c) if c.isdigit() else c: col for c, col in lookup.items()})
+        if feature in MEDICATION_COLUMNS:
+            return lookup  # missing doses go through the dose codes
+        missing = MISSING_CATEGORY
+        lookup[None] = lookup[missing]
+        return lookup
+
+    def _icd9_groups(self, codes: Sequence[Any]) -> list[str]:
+        cache = self._icd9_cache
+        unseen = list({code for code in codes if code not in cache})
+        computed: dict[Any, str] = {}
+        if unseen:
+            groups = icd9_group(pd.Series(unseen, dtype=object))
+            computed = dict(zip(unseen, groups.tolist(), strict=True))
+            if len(cache) + len(computed) <= ICD9_CACHE_LIMIT:
+                cache.update(computed)
+        return [cache[code] if code in cache else computed[code] for code in codes]
+
+    def _raw_values(self, feature: str, columns: Sequence[Sequence[Any]]) -> Sequence[Any]:
+        if feature.endswith("_group") and (diag := feature.removesuffix("_group")) in DIAG_COLUMNS:
+            return self._icd9_groups(columns[_POSITION[diag]])
+        if feature not in _POSITION:
+            raise CompileError(f"no rule derives categorical feature {feature!r}")
+        return columns[_POSITION[feature]]
+
+    def encode_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        """Encode rows whose first values follow :data:`MODEL_INPUT_COLUMNS` (extra trailing values are ignored).
+
+        Missing values are ``None``; ID codes are integers.
+        """
+        n = len(rows)
+        if n == 1:
+            return self._encode_one(rows[0])
+        matrix = np.zeros((n, self.n_features), dtype=self.dtype)
+        if n == 0:
+            return matrix
+        columns = list(zip(*rows, strict=False))
+        values: dict[str, np.ndarray] = {
+            c: np.fromiter(columns[_POSITION[c]], dtype=np.float64, count=n) for c in COUNT_COLUMNS
+        }
+        values["age_ordinal"] = np.fromiter(map(_AGE_ORDINAL.__getitem__, columns[_POSITION["age"]]), np.float64, n)
+        med_codes = np.empty((n, len(MEDICATION_COLUMNS)), dtype=np.intp)
+        for j, med in enumerate(MEDICATION_COLUMNS):
+            med_codes[:, j] = np.fromiter(map(self._med_codes.__getitem__, columns[_POSITION[med]]), np.intp, n)
+        values["n_meds_changed"] = _MED_CHANGED[med_codes].sum(axis=1, dtype=np.float64)
+        values["n_meds_active"] = _MED_ACTIVE[med_codes].sum(axis=1, dtype=np.float64)
+        values["prior_visits"] = values["number_outpatient"] + values["number_emergency"] + values["number_inpatient"]
+        for feature, out, mean, scale in self._numeric:
+            value = values[feature]
+            if (mean, scale) != (0.0, 1.0):
+                value = (value - mean) / scale
+            matrix[:, out] = value
+        hot = np.empty((n, len(self._onehot) + len(MEDICATION_COLUMNS)), dtype=np.intp)
+        for j, (feature, lookup) in enumerate(self._onehot):
+            hot[:, j] = np.fromiter(map(lookup.__getitem__, self._raw_values(feature, columns)), np.intp, n)
+        for j, med in enumerate(MEDICATION_COLUMNS):
+            hot[:, len(self._onehot) + j] = self._med_tables[med][med_codes[:, j]]
+        rows_index = np.broadcast_to(np.arange(n)[:, None], hot.shape)
+        known = hot >= 0
+        matrix[rows_index[known], hot[known]] = 1
+        return matrix
+
+    def _encode_one(self, row: Sequence[Any]) -> np.ndarray:
+        """The same encoding for one row in plain Python: a single request pays no per-column numpy calls."""
+        values = {c: float(row[p]) for c, p in _COUNT_POSITIONS}
+        values["age_ordinal"] = _AGE_ORDINAL[row[_POSITION["age"]]]
+        med_codes = self._med_codes
+        codes = [med_codes[row[p]] for p in _MED_POSITIONS]
+        values["n_meds_changed"] = float(sum(map(_MED_CHANGED_FLAGS.__getitem__, codes)))
+        values["n_meds_active"] = float(sum(map(_MED_ACTIVE_FLAGS.__getitem__, codes)))
+        values["prior_visits"] = values["number_outpatient"] + values["number_emergency"] + values["number_inpatient"]
+        matrix = np.zeros((1, self.n_features), dtype=self.dtype)
+        matrix[0, self._numeric_columns] = [(values[f] - mean) / scale for f, _, mean, scale in self._numeric]
+        hot = [lookup[row[p]] for p, lookup in self._plain_plan]
+        hot += [lookup[self._icd9_one(row[p])] for p, lookup in self._diag_plan]
+        hot += [table[code] for table, code in zip(self._med_plan, codes, strict=True)]
+        matrix[0, [col for col in hot if col >= 0]] = 1
+        return matrix
+
+    def _icd9_one(self, code: Any) -> str:
+        group = self._icd9_cache.get(code)
+        return group if group is not None else self._icd9_groups([code])[0]
+
+    def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.encode_rows(_as_row_values(frame))
+
+
+def _logreg_runtime(model: LogisticRegression) -> Runtime:
+    if len(model.classes_) != 2:
+        raise CompileError("logistic regression runtime supports binary models only")
+    coef = np.ascontiguousarray(model.coef_.ravel(), dtype=np.float64)
+    intercept = float(model.intercept_[0])
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        decision = matrix @ coef + intercept
+        return np.asarray(1.0 / (1.0 + np.exp(-decision)))
+
+    return predict
+
+
+def _xgboost_runtime(model: Any, threads: int = 1) -> Runtime:
+    booster = model.get_booster()
+    if threads > 1:  # a private copy: the fitted model's own settings stay untouched
+        booster = booster.copy()
+        booster.set_param({"nthread": threads})
+    iteration_range = model._get_iteration_range(None)
+    objective = model.get_params().get("objective") or "binary:logistic"
+    if objective != "binary:logistic":
+        raise CompileError(f"XGBoost runtime expects binary:logistic, found {objective!r}")
+    missing = model.missing
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        out = booster.inplace_predict(
+            matrix, iteration_range=iteration_range, predict_type="value", missing=missing, validate_features=False
+        )
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    return predict
+
+
+def _onnx_xgboost_runtime(model: Any, n_features: int, threads: int = 1) -> Runtime:
+    from onnxmltools.convert import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    onnx_model = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15)
+    return _onnx_session_runtime(onnx_model.SerializeToString(), threads)
+
+
+def _onnx_session_runtime(serialized: bytes, threads: int = 1) -> Runtime:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[1].name
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        probabilities = session.run([output_name], {input_name: np.ascontiguousarray(matrix, dtype=np.float32)})[0]
+        return np.asarray(probabilities[:, 1], dtype=np.float64)
+
+    return predict
+
+
+def _sklearn_runtime(model: Any) -> Runtime:
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_proba(matrix)[:, 1], dtype=np.float64)
+
+    return predict
+
+
+def _onnx_forest_runtime(model: RandomForestClassifier, n_features: int, threads: int = 1) -> Runtime:
+    from skl2onnx import to_onnx
+
+    onnx_model = to_onnx(
+        model,
+        np.zeros((1, n_features), dtype=np.float32),
+        options={id(model): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    return _onnx_session_runtime(onnx_model.SerializeToString(), threads)
+
+
+@dataclass(frozen=True)
+class FastPredictor:
+    """A compiled pipeline: ``predict_rows`` returns the positive-class probability per row."""
+
+    encoder: FeatureEncoder
+    runtime: Runtime
+    runtime_name: str
+    batch_runtime: Runtime | None = None  # used above SMALL_BATCH_ROWS rows when set
+    batch_runtime_name: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self.batch_runtime_name is None:
+            return self.runtime_name
+        return f"{self.runtime_name} (batches over {SMALL_BATCH_ROWS} rows: {self.batch_runtime_name})"
+
+    def runtimes(self) -> list[Runtime]:
+        return [self.runtime] if self.batch_runtime is None else [self.runtime, self.batch_runtime]
+
+    def predict_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        if self.batch_runtime is not None and len(rows) > SMALL_BATCH_ROWS:
+            return self.batch_runtime(self.encoder.encode_rows(rows))
+        return self.runtime(self.encoder.encode_rows(rows))
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Records keyed by dataset column name; absent keys count as missing."""
+        return self.predict_rows([tuple(r.get(c) for c in MODEL_INPUT_COLUMNS) for r in records])
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_rows(_as_row_values(frame))
+
+
+def runtimes_for(pipeline: Pipeline) -> tuple[str, ...]:
+    """Runtime names that can run this pipeline's estimator, fastest-first (``sklearn`` always works)."""
+    model = pipeline.steps[-1][1]
+    if isinstance(model, LogisticRegression):
+        return ("numpy", "sklearn")
+    if type(model).__name__ == "XGBClassifier":
+        return ("onnx", "xgboost-inplace", "sklearn")
+    if isinstance(model, RandomForestClassifier):
+        return ("onnx", "sklearn")
+    return ("sklearn",)
+
+
+def compile_pipeline(
+    pipeline: Pipeline, runtime: str | None = None, batch_runtime: str | None = None, batch_threads: int | None = None
+) -> FastPredictor:
+    """Compile a fitted ``FeatureEngineer`` → ``ColumnTransformer`` → classifier pipeline.
+
+    ``runtime`` picks the estimator runtime for small inputs (see :func:`runtimes_for`; by default the fastest
+    one); ``batch_runtime`` the one for batches over :data:`SMALL_BATCH_ROWS` rows, run on ``batch_threads``
+    threads (default: all cores). By default batches use the fastest batch runtime (XGBoost: the booster's own
+    predictor; otherwise the single-row runtime, multi-threaded where it can be).
+    """
+    steps = [step for _, step in pipeline.steps]
+    if len(steps) != 3 or not isinstance(steps[0], FeatureEngineer) or not isinstance(steps[1], ColumnTransformer):
+        raise CompileError("expected a FeatureEngineer → ColumnTransformer → estimator pipeline")
+    model = steps[2]
+    available = runtimes_for(pipeline)
+    name = runtime or available[0]
+    if runtime is None and batch_runtime is None:
+        batch_runtime = _BATCH_PREFERENCE.get(type(model).__name__, name)
+    for chosen in (name, batch_runtime):
+        if chosen is not None and chosen not in available:
+            raise CompileError(f"runtime {chosen!r} cannot run {type(model).__name__}")
+    # Trees split float32 values (sklearn and XGBoost both cast); the linear model works in float64.
+    dtype = np.float64 if isinstance(model, LogisticRegression) and name in ("numpy", "sklearn") else np.float32
+    encoder = FeatureEncoder(steps[1], dtype=dtype)
+
+    def make(runtime_name: str, threads: int) -> Runtime:
+        if runtime_name == "numpy":
+            return _logreg_runtime(model)
+        if runtime_name == "xgboost-inplace":
+            return _xgboost_runtime(model, threads)
+        if runtime_name == "onnx" and isinstance(model, RandomForestClassifier):
+            return _onnx_forest_runtime(model, encoder.n_features, threads)
+        if runtime_name == "onnx":
+            return _onnx_xgboost_runtime(model, encoder.n_features, threads)
+        return _sklearn_runtime(model)
+
+    threads = batch_threads or os.cpu_count() or 1
+    # Only XGBoost's own predictor gained from more threads on 10k rows; ONNX Runtime's thread pool lost to one
+    # thread on the 2-core benchmark machine (docs/PERFORMANCE.md).
+    threaded = batch_runtime == "xgboost-inplace" and threads > 1
+    separate_batch = batch_runtime is not None and (batch_runtime != name or threaded)
+    return FastPredictor(
+        encoder=encoder,
+        runtime=make(name, 1),
+        runtime_name=name,
+        batch_runtime=make(batch_runtime, threads) if separate_batch and batch_runtime else None,
+        batch_runtime_name=(f"{batch_runtime} x{threads} threads" if threaded else batch_runtime)
+        if separate_batch
+        else None,
+    )
+
+
+def max_difference(predictor: FastPredictor, pipeline: Pipeline, frame: pd.DataFrame) -> float:
+    """``max |fast - pipeline.predict_proba|`` over the rows of a raw frame."""
+    expected = pipeline.predict_proba(frame[list(MODEL_INPUT_COLUMNS)])[:, 1]
+    encoded = predictor.encoder.encode_frame(frame)
+    answers = [predictor.predict_frame(frame), *(runtime(encoded) for runtime in predictor.runtimes())]
+    return max(float(np.max(np.abs(answer - expected), initial=0.0)) for answer in answers)
+
+
+def compile_verified(pipeline: Pipeline, frame: pd.DataFrame, tolerance: float = TOLERANCE) -> FastPredictor:
+    """The fastest runtime whose answers on ``frame`` lie within ``tolerance`` of the pipeline's own.
+
+    The last candidate (sklearn's ``predict_proba`` on the encoded matrix) is exact for any estimator, so only
+    an encoder that disagrees with the pipeline makes this fail.
+    """
+    errors: list[str] = []
+    for name in (None, *runtimes_for(pipeline)):  # None: the default single-row + batch pairing
+        label = name or "default"
+        try:
+            predictor = compile_pipeline(pipeline, runtime=name)
+        except (CompileError, ImportError, RuntimeError, ValueError) as exc:
+            errors.append(f"{label}: {exc}")
+            continue
+        difference = max_difference(predictor, pipeline, frame)
+        if difference <= tolerance:
+            return predictor
+        errors.append(f"{label}: max difference {difference:.3g} > {tolerance}")
+        log.warning("fast runtime %s rejected: max difference %.3g > %g", label, difference, tolerance)
+    raise CompileError("no runtime reproduces the pipeline: " + "; ".join(errors))

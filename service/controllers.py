@@ -1,0 +1,290 @@
+"""Thin HTTP controllers: decode, check scope, ask the served model, encode.
+
+Request bodies are decoded by the strict, reused decoders of :mod:`service.schemas` (not by Litestar's
+lenient ``data`` conversion), so ``"3"`` is not an integer here; their OpenAPI request bodies are declared
+from the same Structs. Patient data never reaches a log line: errors name fields and rules, never values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_403_FORBIDDEN,
+    HTTP_404_NOT_FOUND,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from healthpredict.features import EXCLUDED_DISCHARGE_IDS, is_out_of_scope
+from healthpredict.settings import Settings
+from service.metrics import ServiceMetrics
+from service.model_manager import ModelManager, ServedModel, describe
+from service.schemas import (
+    BATCH_DECODER,
+    RECORD_DECODER,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    FieldError,
+    HealthStatus,
+    ModelDescription,
+    PatientRecord,
+    Prediction,
+    PredictResponse,
+    ReloadResult,
+    request_body_schema,
+)
+
+# Batches larger than this are predicted in a worker thread so the event loop keeps answering health checks.
+THREAD_OFFLOAD_ROWS = 512
+_AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
+_FIELD_NAME = re.compile(r"field `(?P<field>[^`]+)`")
+
+
+class RequestRejected(HTTPException):
+    """A 4xx/503 whose body is an :class:`ErrorResponse` naming the offending fields."""
+
+    def __init__(self, status_code: int, detail: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail=detail, status_code=status_code)
+        self.errors = errors or []
+
+
+def field_error(exc: msgspec.ValidationError) -> FieldError:
+    """``Expected `int` >= 1 - at `$.time_in_hospital``` → field ``time_in_hospital`` and its rule."""
+    match = _AT_PATH.match(str(exc))
+    message = str(exc) if match is None else match.group("message")
+    path = None if match is None else match.group("path")
+    named = _FIELD_NAME.search(message)
+    if named is not None:  # unknown or missing field: the name is in the message, the path is its parent
+        path = f"{path}.{named.group('field')}" if path else named.group("field")
+    return FieldError(field=path or None, message=message)
+
+
+def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        error = field_error(exc)
+        where = f" (field {error.field!r})" if error.field else ""
+        raise RequestRejected(
+            HTTP_422_UNPROCESSABLE_ENTITY, f"invalid request{where}: {error.message}", [error]
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise RequestRejected(HTTP_400_BAD_REQUEST, f"request body is not valid JSON: {exc}") from None
+
+
+def out_of_scope_error(prefix: str) -> FieldError:
+    codes = ", ".join(str(c) for c in sorted(EXCLUDED_DISCHARGE_IDS))
+    return FieldError(
+        field=f"{prefix}discharge_disposition_id",
+        message=f"discharge to hospice or death (codes {codes}) is outside the model's scope: "
+        "readmission is undefined for this encounter",
+    )
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    settings: Settings
+    manager: ModelManager
+    metrics: ServiceMetrics
+
+
+def service_state(request: Request[Any, Any, Any]) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def serving(state: ServiceState) -> ServedModel:
+    served = state.manager.current
+    if served is None:
+        raise RequestRejected(HTTP_503_SERVICE_UNAVAILABLE, f"no model loaded yet from {state.manager.uri}")
+    return served
+
+
+def _body_operation(struct: Any) -> type[Operation]:
+    """An OpenAPI operation whose JSON request body is the schema of ``struct``, the type its decoder enforces."""
+    schema: Any = request_body_schema(struct)
+
+    @dataclass
+    class WithRequestBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema)})
+
+    return WithRequestBody
+
+
+_ERRORS = {
+    HTTP_400_BAD_REQUEST: ResponseSpec(ErrorResponse, description="Body is not JSON", generate_examples=False),
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: ResponseSpec(
+        ErrorResponse, description="Body or batch over its limit", generate_examples=False
+    ),
+    HTTP_422_UNPROCESSABLE_ENTITY: ResponseSpec(
+        ErrorResponse, description="A field breaks its rule, or the encounter is out of scope", generate_examples=False
+    ),
+    HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
+        ErrorResponse, description="No model loaded yet", generate_examples=False
+    ),
+}
+
+
+class PredictionController(Controller):
+    path = "/v1"
+    tags = ("predictions",)
+
+    @post(
+        "/predict",
+        status_code=HTTP_200_OK,
+        operation_class=_body_operation(PatientRecord),
+        responses=_ERRORS,
+        summary="Readmission probability of one encounter",
+    )
+    async def predict(self, request: Request[Any, Any, Any]) -> PredictResponse:
+        state = service_state(request)
+        record = decode(RECORD_DECODER, await request.body())
+        if is_out_of_scope(record.discharge_disposition_id):
+            error = out_of_scope_error("")
+            raise RequestRejected(HTTP_422_UNPROCESSABLE_ENTITY, error.message, [error])
+        served = serving(state)
+        probability = float(served.predict_rows([msgspec.structs.astuple(record)])[0])
+        label = int(probability >= served.threshold)
+        state.metrics.count_labels(label, 1)
+        return PredictResponse(
+            probability=probability, label=label, threshold=served.threshold, model_version=served.version
+        )
+
+    @post(
+        "/predict/batch",
+        status_code=HTTP_200_OK,
+        operation_class=_body_operation(BatchRequest),
+        responses=_ERRORS,
+        summary="Readmission probabilities of many encounters (all-or-nothing validation)",
+    )
+    async def predict_batch(self, request: Request[Any, Any, Any]) -> BatchResponse:
+        state = service_state(request)
+        batch = decode(BATCH_DECODER, await request.body())
+        records = batch.records
+        limit = state.settings.service.max_batch_records
+        if len(records) > limit:
+            raise RequestRejected(
+                HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                f"batch has {len(records)} records; the limit is {limit} (HEALTHPREDICT_MAX_BATCH_RECORDS)",
+                [FieldError(field="records", message=f"at most {limit} records")],
+            )
+        rows = [msgspec.structs.astuple(r) for r in records]
+        outside = [i for i, r in enumerate(records) if is_out_of_scope(r.discharge_disposition_id)]
+        if outside:
+            errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
+            raise RequestRejected(
+                HTTP_422_UNPROCESSABLE_ENTITY,
+                f"{len(outside)} record(s) are outside the model's scope (discharge to hospice or death), "
+                f"first at records[{outside[0]}]",
+                errors,
+            )
+        served = serving(state)
+        if len(rows) > THREAD_OFFLOAD_ROWS:
+            probabilities = await anyio.to_thread.run_sync(served.predict_rows, rows)
+        else:
+            probabilities = served.predict_rows(rows)
+        labels = (probabilities >= served.threshold).tolist()
+        state.metrics.count_labels(sum(labels), len(labels))
+        predictions = [
+            Prediction(probability=p, label=int(y)) for p, y in zip(probabilities.tolist(), labels, strict=True)
+        ]
+        return BatchResponse(predictions=predictions, model_version=served.version)
+
+    @get("/model", summary="The served model, its metrics, and the last reload error")
+    async def model(self, request: Request[Any, Any, Any]) -> ModelDescription:
+        return msgspec.convert(describe(service_state(request).manager), ModelDescription)
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ("health",)
+
+    @get("/live", summary="The process answers")
+    async def live(self) -> HealthStatus:
+        return HealthStatus(status="live")
+
+    @get(
+        "/ready",
+        summary="A model is loaded and warmed up (503 until then)",
+        responses={HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(HealthStatus, description="Not ready")},
+    )
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[HealthStatus]:
+        served = service_state(request).manager.current
+        if served is None:
+            return Response(HealthStatus(status="not ready"), status_code=HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(HealthStatus(status="ready", model_version=served.version))
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8", include_in_schema=True, tags=["metrics"])
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> bytes:
+    return service_state(request).metrics.exposition()
+
+
+class AdminController(Controller):
+    path = "/admin"
+    tags = ("admin",)
+
+    @post(
+        "/reload",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        summary="Reload the model the URI names now (Authorization: Bearer HEALTHPREDICT_RELOAD_TOKEN)",
+        responses={
+            HTTP_401_UNAUTHORIZED: ResponseSpec(ErrorResponse, description="No bearer token", generate_examples=False),
+            HTTP_403_FORBIDDEN: ResponseSpec(ErrorResponse, description="Wrong token", generate_examples=False),
+            HTTP_404_NOT_FOUND: ResponseSpec(ErrorResponse, description="Reload disabled", generate_examples=False),
+        },
+    )
+    def reload(self, request: Request[Any, Any, Any]) -> Response[ReloadResult]:
+        import hmac
+
+        state = service_state(request)
+        token = state.settings.service.reload_token
+        if not token:
+            raise RequestRejected(HTTP_404_NOT_FOUND, "reload disabled: HEALTHPREDICT_RELOAD_TOKEN is not set")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise RequestRejected(HTTP_401_UNAUTHORIZED, "missing bearer token")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestRejected(HTTP_403_FORBIDDEN, "wrong reload token")
+        before = state.manager.current
+        try:
+            served = state.manager.reload()
+        except Exception as exc:
+            version = None if before is None else before.version
+            detail = f"reload failed, still serving {version or 'nothing'}: {type(exc).__name__}: {exc}"
+            return Response(
+                ReloadResult(reloaded=False, version=version, detail=detail[:2000]),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE if before is None else 502,
+            )
+        changed = before is None or before.version != served.version
+        detail = f"serving version {served.version}" + ("" if changed else " (unchanged)")
+        return Response(ReloadResult(reloaded=True, version=served.version, detail=detail), status_code=HTTP_200_OK)
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    """Every error body has one shape; unexpected errors say nothing about the request's data."""
+    if isinstance(exc, RequestRejected):
+        return Response(
+            ErrorResponse(status_code=exc.status_code, detail=exc.detail, errors=exc.errors),
+            status_code=exc.status_code,
+        )
+    if isinstance(exc, HTTPException):
+        return Response(ErrorResponse(status_code=exc.status_code, detail=exc.detail), status_code=exc.status_code)
+    request.logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return Response(ErrorResponse(status_code=500, detail="internal error"), status_code=500)

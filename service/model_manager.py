@@ -1,0 +1,218 @@
+"""Which model the service answers with, and how it changes without a failed request.
+
+The served model is one immutable :class:`ServedModel` behind one reference. A load (at start, on an alias
+move, on ``POST /admin/reload``) builds a new one completely — registry load, compile to the fast path,
+verification against the pipeline, warm-up prediction — and only then replaces the reference. A request reads
+the reference once, so it sees the old model or the new one, never a mix. A failed load leaves the old model
+serving and is kept in :attr:`ModelManager.last_error` (shown by ``GET /v1/model``) and logged.
+
+The first load runs in a background thread: the service is live at once and ready when the model is; while
+the registry is unreachable it retries with exponential backoff (capped).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from healthpredict.fast_inference import FastPredictor, compile_verified
+from healthpredict.features import MODEL_INPUT_COLUMNS
+from healthpredict.registry import LoadedModel, RegistryError, _parse_models_uri, configure_tracking, load_model
+from healthpredict.settings import Settings
+from service.examples import verification_records
+
+log = logging.getLogger(__name__)
+
+INITIAL_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """Everything a request needs, swapped as one reference."""
+
+    predictor: FastPredictor
+    info: LoadedModel
+    threshold: float
+    version: str
+    loaded_at: dt.datetime
+
+    def predict_rows(self, rows: list[tuple[Any, ...]]) -> Any:
+        return self.predictor.predict_rows(rows)
+
+
+def build_served_model(info: LoadedModel) -> ServedModel:
+    """Compile, verify and warm up a loaded pipeline; raises if the fast path cannot reproduce it."""
+    records = verification_records()
+    frame = pd.DataFrame([{c: r.get(c) for c in MODEL_INPUT_COLUMNS} for r in records])
+    predictor = compile_verified(info.pipeline, frame)
+    rows = [tuple(r.get(c) for c in MODEL_INPUT_COLUMNS) for r in records]
+    batch = predictor.predict_rows(rows)
+    single = [float(predictor.predict_rows([row])[0]) for row in rows]  # warm-up of the one-record path
+    if max(abs(a - b) for a, b in zip(batch, single, strict=True)) > 1e-9:
+        raise RegistryError(f"{info.uri}: single-record and batch encodings disagree")
+    version = info.version or info.run_id or info.uri
+    return ServedModel(
+        predictor=predictor,
+        info=info,
+        threshold=info.threshold,
+        version=str(version),
+        loaded_at=dt.datetime.now(dt.UTC),
+    )
+
+
+class ModelManager:
+    """Owns the served model: background first load with backoff, alias polling, reloads, atomic swap."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_swap: Callable[[ServedModel], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+        loader: Callable[[str], LoadedModel] = load_model,
+    ) -> None:
+        self.settings = settings
+        self.uri = settings.service.model_uri
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+        self.last_error_at: dt.datetime | None = None
+        self._on_swap = on_swap
+        self._on_failure = on_failure
+        self._loader = loader
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed_version: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def _run(self) -> None:
+        backoff = INITIAL_BACKOFF_S
+        while not self._stop.is_set() and self.current is None:
+            try:
+                self.reload()
+            except Exception:
+                log.warning("model %s not loaded; retrying in %.1f s", self.uri, backoff)
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        poll = self.settings.service.poll_seconds
+        if poll <= 0 or self._alias() is None:
+            return
+        while not self._stop.wait(poll):
+            self.poll_once()
+
+    # -- registry --------------------------------------------------------------------------------------------
+    def _alias(self) -> tuple[str, str] | None:
+        if not self.uri.startswith("models:/"):
+            return None
+        name, _, alias = _parse_models_uri(self.uri)
+        return (name, alias) if alias else None
+
+    def resolve_version(self) -> str | None:
+        """The version the alias points to now (``None`` for a pinned version or a local folder)."""
+        target = self._alias()
+        if target is None:
+            return None
+        configure_tracking(self.settings)
+        return str(MlflowClient().get_model_version_by_alias(*target).version)
+
+    def poll_once(self) -> bool:
+        """Reload when the alias moved; returns whether a new model is now served."""
+        try:
+            version = self.resolve_version()
+        except Exception as exc:
+            log.warning("cannot resolve %s: %s", self.uri, exc)
+            return False
+        current = self.current
+        if version is None or (current is not None and current.info.version == version):
+            return False
+        if version == self._failed_version:
+            return False  # already reported; the admin endpoint can retry it explicitly
+        try:
+            self.reload()
+        except Exception:
+            self._failed_version = version
+            return False
+        return True
+
+    # -- reload ----------------------------------------------------------------------------------------------
+    def reload(self) -> ServedModel:
+        """Build the model the URI names now and swap it in; on failure keep the old one and re-raise."""
+        with self._reload_lock:
+            try:
+                configure_tracking(self.settings)
+                served = build_served_model(self._loader(self.uri))
+            except Exception as exc:
+                self._record_failure(exc)
+                raise
+            self.current = served  # the one atomic swap
+            self.last_error = None
+            self.last_error_at = None
+            self._failed_version = None
+            log.info(
+                "serving %s version %s (%s runtime)", served.info.name or self.uri, served.version,
+                served.predictor.description,
+            )  # fmt: skip
+            if self._on_swap is not None:
+                self._on_swap(served)
+            return served
+
+    def _record_failure(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if self.uri not in message:
+            message = f"loading {self.uri}: {message}"
+        self.last_error = message[:2000]
+        self.last_error_at = dt.datetime.now(dt.UTC)
+        serving = self.current.version if self.current else "nothing"
+        log.error("loading %s failed (still serving %s): %s", self.uri, serving, message)
+        if self._on_failure is not None:
+            self._on_failure(message)
+
+
+def describe(manager: ModelManager) -> dict[str, Any]:
+    served = manager.current
+    base: dict[str, Any] = {
+        "uri": manager.uri,
+        "last_reload_error": manager.last_error,
+        "last_reload_error_at": manager.last_error_at,
+    }
+    if served is None:
+        return {**base, "status": "not loaded"}
+    info = served.info
+    return {
+        **base,
+        "status": "loaded",
+        "name": info.name,
+        "version": served.version,
+        "alias": info.alias,
+        "run_id": info.run_id,
+        "family": info.family,
+        "metrics": dict(info.metrics),
+        "threshold": served.threshold,
+        "runtime": served.predictor.description,
+        "loaded_at": served.loaded_at,
+    }

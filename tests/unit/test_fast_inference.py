@@ -1,0 +1,138 @@
+"""The compiled fast path reproduces the pipeline (synthetic frames; the real split is in integration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from healthpredict import fast_inference
+from healthpredict.fast_inference import (
+    CompileError,
+    compile_pipeline,
+    compile_verified,
+    max_difference,
+    runtimes_for,
+)
+from healthpredict.features import MODEL_INPUT_COLUMNS
+from healthpredict.modeling import build_pipeline
+from healthpredict.settings import Family
+from service.examples import full_record, verification_records
+
+pytestmark = pytest.mark.unit
+
+SMALL_PARAMS: dict[str, dict[str, Any]] = {
+    "logreg": {"C": 1.0},
+    "random_forest": {
+        "n_estimators": 20, "max_depth": 8, "min_samples_leaf": 2, "max_features": 0.3, "max_samples": 0.8,
+    },
+    "xgboost": {
+        "n_estimators": 30, "max_depth": 4, "learning_rate": 0.2, "subsample": 0.9, "colsample_bytree": 0.8,
+        "min_child_weight": 1.0, "reg_lambda": 1.0, "reg_alpha": 0.01,
+    },
+}  # fmt: skip
+
+
+def synthetic_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    frame = pd.DataFrame(verification_records(n), columns=list(MODEL_INPUT_COLUMNS))
+    rng = np.random.default_rng(seed)
+    signal = frame["number_inpatient"].to_numpy() + (frame["insulin"] == "Up").to_numpy() * 3
+    target = (signal + rng.normal(0, 2, n) > 6).astype(int)
+    return frame, target
+
+
+@pytest.fixture(scope="module")
+def pipelines() -> dict[str, Any]:
+    frame, target = synthetic_frame(300, seed=0)
+    return {family: build_pipeline(family, SMALL_PARAMS[family], seed=0).fit(frame, target) for family in SMALL_PARAMS}
+
+
+def unseen_frame() -> pd.DataFrame:
+    """Values the training frame never had: new specialty, new ICD-9 codes, an unseen dose of a rare drug."""
+    records = [
+        full_record(medical_specialty="Neverseen", diag_1="999.9", diag_2="V99", diag_3=None, examide="Down"),
+        full_record(race=None, medical_specialty=None, diag_1=None, diag_2=None, diag_3="E999", citoglipton="Up"),
+        full_record(admission_type_id=8, discharge_disposition_id=30, admission_source_id=26, age="[0-10)"),
+    ]
+    return pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS))
+
+
+@pytest.mark.parametrize("family", list(SMALL_PARAMS))
+def test_every_runtime_matches_the_pipeline(pipelines: dict[str, Any], family: Family) -> None:
+    pipeline = pipelines[family]
+    frame = pd.concat([synthetic_frame(120, seed=1)[0], unseen_frame()], ignore_index=True)
+    for runtime in runtimes_for(pipeline):
+        predictor = compile_pipeline(pipeline, runtime=runtime)
+        assert max_difference(predictor, pipeline, frame) <= fast_inference.TOLERANCE, runtime
+    expected = pipeline.predict_proba(frame)[:, 1]
+    predictor = compile_pipeline(pipeline)
+    singles = [predictor.predict_frame(frame.iloc[[i]])[0] for i in range(len(frame))]
+    np.testing.assert_allclose(singles, expected, atol=fast_inference.TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(SMALL_PARAMS))
+def test_single_row_encoding_equals_batch_encoding(pipelines: dict[str, Any], family: Family) -> None:
+    encoder = compile_pipeline(pipelines[family]).encoder
+    frame = pd.concat([synthetic_frame(60, seed=2)[0], unseen_frame()], ignore_index=True)
+    batch = encoder.encode_frame(frame)
+    singles = np.vstack([encoder.encode_frame(frame.iloc[[i]]) for i in range(len(frame))])
+    np.testing.assert_array_equal(batch, singles)
+
+
+def test_encoder_reproduces_the_column_transformer(pipelines: dict[str, Any]) -> None:
+    pipeline = pipelines["logreg"]  # scaled numeric block + one-hot block
+    frame = pd.concat([synthetic_frame(80, seed=3)[0], unseen_frame()], ignore_index=True)
+    expected = pipeline[:-1].transform(frame)
+    encoded = compile_pipeline(pipeline).encoder.encode_frame(frame)
+    assert encoded.shape == expected.shape
+    np.testing.assert_allclose(encoded, expected, rtol=0, atol=1e-12)
+    unseen = compile_pipeline(pipeline).encoder.encode_frame(unseen_frame())
+    categorical = pipeline[:-1].transform(unseen_frame())
+    np.testing.assert_array_equal(unseen, categorical)  # unknown categories: all-zero one-hot, like the pipeline
+
+
+def test_records_and_frames_give_the_same_answer(pipelines: dict[str, Any]) -> None:
+    predictor = compile_pipeline(pipelines["xgboost"])
+    records = verification_records(10)
+    from_records = predictor.predict_records(records)
+    from_frame = predictor.predict_frame(pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS)))
+    np.testing.assert_array_equal(from_records, from_frame)
+
+
+def test_empty_input_gives_empty_output(pipelines: dict[str, Any]) -> None:
+    assert compile_pipeline(pipelines["xgboost"]).predict_rows([]).shape == (0,)
+
+
+def test_icd9_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_inference, "ICD9_CACHE_LIMIT", 5)
+    predictor = compile_pipeline(pipelines["xgboost"])
+    records = [full_record(diag_1=f"{400 + i}.{i}") for i in range(20)]
+    frame = pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS))
+    assert max_difference(predictor, pipelines["xgboost"], frame) <= fast_inference.TOLERANCE
+    assert len(predictor.encoder._icd9_cache) <= 5
+
+
+def test_unsupported_pipelines_are_refused(pipelines: dict[str, Any]) -> None:
+    with pytest.raises(CompileError, match="FeatureEngineer"):
+        compile_pipeline(pipelines["xgboost"][1:])
+    with pytest.raises(CompileError, match="runtime 'numpy' cannot run"):
+        compile_pipeline(pipelines["xgboost"], runtime="numpy")
+
+
+def test_verified_compile_falls_back_to_an_exact_runtime(
+    pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast runtime that drifts from the pipeline is rejected; the exact sklearn runtime is used instead."""
+    real = fast_inference._logreg_runtime
+
+    def drifting(model: Any) -> Any:
+        predict = real(model)
+        return lambda matrix: predict(matrix) + 1e-3
+
+    monkeypatch.setattr(fast_inference, "_logreg_runtime", drifting)
+    frame = synthetic_frame(40, seed=4)[0]
+    predictor = compile_verified(pipelines["logreg"], frame)
+    assert predictor.runtime_name == "sklearn"
+    assert max_difference(predictor, pipelines["logreg"], frame) == 0.0
