@@ -166,7 +166,7 @@ class LoadedModel:
         return info
 
 
-def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/name@alias`` or ``models:/name/version`` → (name, version, alias)."""
     body = uri.removeprefix("models:/")
     if "@" in body:
@@ -181,7 +181,7 @@ def load_model(uri: str) -> LoadedModel:
     name = version = alias = run_id = None
     resolved = uri
     if uri.startswith("models:/"):
-        name, version, alias = _parse_models_uri(uri)
+        name, version, alias = parse_models_uri(uri)
         client = MlflowClient()
         try:
             mv = (

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 
 from healthpredict.fast_inference import FastPredictor, compile_verified
 from healthpredict.features import MODEL_INPUT_COLUMNS
-from healthpredict.registry import LoadedModel, RegistryError, _parse_models_uri, configure_tracking, load_model
+from healthpredict.registry import LoadedModel, RegistryError, configure_tracking, load_model, parse_models_uri
 from healthpredict.settings import Settings
 from service.examples import verification_records
 
@@ -129,7 +129,7 @@ class ModelManager:
     def _alias(self) -> tuple[str, str] | None:
         if not self.uri.startswith("models:/"):
             return None
-        name, _, alias = _parse_models_uri(self.uri)
+        name, _, alias = parse_models_uri(self.uri)
         return (name, alias) if alias else None
 
     def resolve_version(self) -> str | None:

@@ -40,7 +40,8 @@ def register_logreg(settings: Settings, c: float) -> str:
 
 def corrupt_artifact(settings: Settings, version: str) -> None:
     mv = MlflowClient().get_model_version(settings.tracking.model_name, version)
-    location = MlflowClient().get_logged_model(mv.model_id).artifact_location
+    model_id = mv.model_id or mv.source.removeprefix("models:/")
+    location = MlflowClient().get_logged_model(model_id).artifact_location
     pickle = Path(urlparse(location).path) / "model.pkl"
     assert pickle.exists(), pickle
     pickle.write_bytes(b"not a pickle")
