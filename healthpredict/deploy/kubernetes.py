@@ -52,6 +52,7 @@ class KubernetesSettings:
     rollout_timeout_s: float = 300.0
     verify_samples: int = 10
     context: str | None = None
+    kubeconfig: str | None = None
     in_cluster: bool = False
 
     @classmethod
@@ -73,6 +74,7 @@ class KubernetesSettings:
             rollout_timeout_s=_positive(env, "HEALTHPREDICT_ROLLOUT_TIMEOUT_S", 300.0),
             verify_samples=int(_positive(env, "HEALTHPREDICT_VERIFY_SAMPLES", 10)),
             context=env.get("HEALTHPREDICT_K8S_CONTEXT") or None,
+            kubeconfig=env.get("KUBECONFIG") or None,
             in_cluster=(env.get("HEALTHPREDICT_K8S_IN_CLUSTER") or "").strip().lower() in {"1", "true", "yes", "on"},
         )
 
@@ -103,17 +105,16 @@ class DeploymentApi(Protocol):
 class KubernetesApi:
     """The official client, configured from kubeconfig (or the in-cluster service account)."""
 
-    def __init__(self, context: str | None = None, in_cluster: bool = False) -> None:
+    def __init__(self, context: str | None = None, kubeconfig: str | None = None, in_cluster: bool = False) -> None:
         from kubernetes import client, config
 
-        kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
         try:
             if in_cluster:
                 config.load_incluster_config()
             else:
-                config.load_kube_config(context=context)
+                config.load_kube_config(config_file=kubeconfig, context=context)
         except Exception as exc:
-            where = "the in-cluster service account" if in_cluster else f"kubeconfig {kubeconfig}"
+            where = "the in-cluster service account" if in_cluster else f"kubeconfig {kubeconfig or '~/.kube/config'}"
             raise DeploymentError(
                 f"cannot load the Kubernetes configuration from {where} (context {context or 'current'}): {exc}"
             ) from exc
@@ -320,7 +321,7 @@ def deploy_kubernetes(
     name = f"{kube.namespace}/{kube.deployment}"
     model_uri = f"models:/{settings.tracking.model_name}/{version}"
     verify = verify or live_verifier(settings, version, kube.verify_samples, sleep)
-    api = api or KubernetesApi(kube.context, kube.in_cluster)
+    api = api or KubernetesApi(kube.context, kube.kubeconfig, kube.in_cluster)
 
     def read() -> dict[str, Any]:
         return _api_call(
