@@ -1,0 +1,231 @@
+"""The service image: an explicit ``<model version>-<git sha>`` tag, built from the ``service`` stage and pushed.
+
+Docker, git and ECR are reached only through the small functions here (``docker_client``, ``current_git_sha``,
+``registry_auth``); everything else takes a client object so tests can pass a fake that records calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from healthpredict.deploy.common import DeploymentError, DeploymentReport
+from healthpredict.settings import Settings, SettingsError
+
+BUILD_TARGET = "service"
+# Docker's tag grammar: 1-128 characters, word characters, dots and dashes, not starting with either.
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+# <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn][/repository]
+_ECR = re.compile(
+    r"^(?:https?://)?(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
+    r"(?:/(?P<repository>.*))?$"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSettings:
+    """Where the service image is built from and pushed to."""
+
+    repository: str
+    context_dir: Path
+    git_sha: str | None = None
+    push: bool = True
+    registry_username: str | None = None
+    registry_password: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ImageSettings:
+        env = os.environ if env is None else env
+        repository = env.get("HEALTHPREDICT_IMAGE_REPOSITORY") or ""
+        if not repository:
+            raise SettingsError(
+                "HEALTHPREDICT_IMAGE_REPOSITORY is required for the kubernetes target "
+                "(e.g. healthpredict-service for minikube, <account>.dkr.ecr.<region>.amazonaws.com/<name> for ECR)"
+            )
+        if ":" in repository.rsplit("/", 1)[-1] or "@" in repository:
+            raise SettingsError(f"HEALTHPREDICT_IMAGE_REPOSITORY={repository!r} must not carry a tag or digest")
+        push_raw = (env.get("HEALTHPREDICT_IMAGE_PUSH") or "true").strip().lower()
+        if push_raw not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            raise SettingsError(f"HEALTHPREDICT_IMAGE_PUSH={push_raw!r} is not a boolean (use true/false)")
+        return cls(
+            repository=repository,
+            context_dir=Path(env.get("HEALTHPREDICT_BUILD_CONTEXT") or ".").expanduser().resolve(),
+            git_sha=env.get("HEALTHPREDICT_GIT_SHA") or None,
+            push=push_raw in {"1", "true", "yes", "on"},
+            registry_username=env.get("HEALTHPREDICT_REGISTRY_USERNAME") or None,
+            registry_password=env.get("HEALTHPREDICT_REGISTRY_PASSWORD") or None,
+        )
+
+
+def image_tag(version: str | int, git_sha: str) -> str:
+    """``<model version>-<first 12 hex digits of the commit>``; never ``latest``, never empty."""
+    version_text = str(version).strip()
+    sha = git_sha.strip().lower()
+    if not version_text or version_text.lower() == "latest":
+        raise DeploymentError(f"model version {version!r} cannot name an image tag (an explicit version is required)")
+    if not _SHA.match(sha):
+        raise DeploymentError(f"git sha {git_sha!r} is not a hexadecimal commit id")
+    tag = f"{version_text}-{sha[:12]}"
+    if not _TAG.match(tag):
+        raise DeploymentError(f"image tag {tag!r} (version {version!r}) is not a valid Docker tag")
+    return tag
+
+
+def image_reference(repository: str, tag: str) -> str:
+    return f"{repository}:{tag}"
+
+
+@dataclass(frozen=True)
+class EcrRegistry:
+    account: str
+    region: str
+    repository: str | None
+
+
+def parse_ecr_url(url: str) -> EcrRegistry | None:
+    """The account, region and repository of an ECR URL; ``None`` for any other registry."""
+    match = _ECR.match(url.strip())
+    if match is None:
+        return None
+    return EcrRegistry(match["account"], match["region"], match["repository"] or None)
+
+
+def registry_host(repository: str) -> str | None:
+    """The registry part of a repository (``host[:port]`` before the first ``/``), ``None`` for Docker Hub."""
+    first, _, rest = repository.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def _ecr_client(region: str, settings: Settings) -> Any:
+    import boto3
+
+    return boto3.client("ecr", region_name=region, endpoint_url=settings.aws_endpoint_url or None)
+
+
+def registry_auth(
+    registry_url: str,
+    settings: Settings,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ecr_client: Callable[[str, Settings], Any] = _ecr_client,
+) -> dict[str, str] | None:
+    """Docker ``auth_config`` for a push: an ECR token for ECR URLs, else the given credentials or none."""
+    ecr = parse_ecr_url(registry_url)
+    if ecr is None:
+        if username and password:
+            host = registry_host(registry_url)
+            auth = {"username": username, "password": password}
+            return {**auth, "serveraddress": host} if host else auth
+        return None
+    try:
+        answer = ecr_client(ecr.region, settings).get_authorization_token(registryIds=[ecr.account])
+        data = answer["authorizationData"][0]
+        user, _, secret = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    except Exception as exc:
+        raise DeploymentError(
+            f"cannot get an ECR token for registry {ecr.account} in {ecr.region} ({registry_url}): {exc}"
+        ) from exc
+    if not user or not secret:
+        raise DeploymentError(f"the ECR token for {registry_url} does not hold user:password")
+    server = data.get("proxyEndpoint") or f"https://{ecr.account}.dkr.ecr.{ecr.region}.amazonaws.com"
+    return {"username": user, "password": secret, "serveraddress": server}
+
+
+class DockerImages(Protocol):
+    def build(self, **kwargs: Any) -> Any: ...
+
+    def push(self, repository: str, **kwargs: Any) -> Any: ...
+
+
+class DockerClient(Protocol):
+    @property
+    def images(self) -> DockerImages: ...
+
+
+def docker_client() -> DockerClient:
+    """The Docker engine from ``DOCKER_HOST``/the default socket; an unreachable engine names itself."""
+    from docker.client import from_env
+
+    try:
+        client = from_env()
+        client.ping()
+    except Exception as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default Docker socket"
+        raise DeploymentError(f"Docker engine at {where} is unreachable: {exc}") from exc
+    return client
+
+
+def current_git_sha(context_dir: Path) -> str:
+    """The commit the build context is checked out at."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(context_dir), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        raise DeploymentError(
+            f"cannot read the git commit of build context {context_dir} (set HEALTHPREDICT_GIT_SHA): {detail}"
+        ) from exc
+    return result.stdout.strip()
+
+
+def build_image(context_dir: Path | str, repository: str, tag: str, client: DockerClient) -> str:
+    """Build the ``service`` stage as ``repository:tag``; returns the image reference."""
+    reference = image_reference(repository, tag)
+    try:
+        client.images.build(path=str(context_dir), tag=reference, target=BUILD_TARGET, rm=True)
+    except Exception as exc:
+        raise DeploymentError(f"building image {reference} from {context_dir} failed: {exc}") from exc
+    return reference
+
+
+def push_image(client: DockerClient, repository: str, tag: str, auth: dict[str, str] | None) -> str | None:
+    """Push ``repository:tag``, reading the whole progress stream; any error line fails. Returns the digest."""
+    reference = image_reference(repository, tag)
+    try:
+        lines: Iterable[dict[str, Any]] = client.images.push(
+            repository, tag=tag, stream=True, decode=True, auth_config=auth
+        )
+        digest = None
+        for line in lines:
+            error = line.get("error") or (line.get("errorDetail") or {}).get("message")
+            if error:
+                raise DeploymentError(f"pushing image {reference} failed: {error}")
+            digest = (line.get("aux") or {}).get("Digest", digest)
+    except DeploymentError:
+        raise
+    except Exception as exc:
+        raise DeploymentError(f"pushing image {reference} failed: {exc}") from exc
+    return digest
+
+
+def build_and_push(
+    settings: Settings,
+    image: ImageSettings,
+    version: str,
+    report: DeploymentReport,
+    client: DockerClient | None = None,
+) -> str:
+    """Build (and, unless disabled, push) the image for one model version; returns the reference to deploy."""
+    sha = image.git_sha or current_git_sha(image.context_dir)
+    tag = image_tag(version, sha)
+    client = client or docker_client()
+    reference = build_image(image.context_dir, image.repository, tag, client)
+    report.step(f"image {reference} built (target {BUILD_TARGET}) from {image.context_dir}")
+    if not image.push:
+        report.step(f"image {reference} not pushed (HEALTHPREDICT_IMAGE_PUSH=false)")
+        return reference
+    auth = registry_auth(image.repository, settings, username=image.registry_username, password=image.registry_password)
+    digest = push_image(client, image.repository, tag, auth)
+    report.step(f"image {reference} pushed" + (f" ({digest})" if digest else ""))
+    return reference

@@ -1,0 +1,403 @@
+"""The kubernetes target against a fake API that records calls and plays the Deployment controller.
+
+The fake applies strategic-merge patches to a real-shaped Deployment (containers and env merged by name) and
+advances the rollout one step per read: observe the generation, then update and make available one replica at a
+time, then drop the old ones. Images listed as ``stuck`` never become available; ``deadline`` images get a
+``ProgressDeadlineExceeded`` condition. A fake clock makes the 300 s timeout take no wall time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from healthpredict.deploy.common import DeploymentError, DeploymentReport
+from healthpredict.deploy.kubernetes import (
+    MODEL_URI_ENV,
+    POLL_INTERVAL_S,
+    REVISION_ANNOTATION,
+    KubernetesApi,
+    KubernetesSettings,
+    deploy_kubernetes,
+    rollout_status,
+    template_patch,
+)
+from healthpredict.settings import Settings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+OLD_IMAGE = "healthpredict-service:3-0123456789ab"
+OLD_URI = "models:/health-predict/3"
+NEW_IMAGE = "healthpredict-service:4-abcdef012345"
+NEW_URI = "models:/health-predict/4"
+SERVICE_URL = "http://127.0.0.1:30800"
+
+
+def deployment(replicas: int = 2) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "healthpredict-service",
+            "namespace": "healthpredict",
+            "generation": 5,
+            "annotations": {REVISION_ANNOTATION: "5"},
+        },
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "service",
+                            "image": OLD_IMAGE,
+                            "env": [
+                                {"name": MODEL_URI_ENV, "value": OLD_URI},
+                                {"name": "HEALTHPREDICT_RELOAD_TOKEN", "valueFrom": {"secretKeyRef": {"name": "t"}}},
+                            ],
+                        }
+                    ]
+                }
+            },
+        },
+        "status": {
+            "observedGeneration": 5,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "availableReplicas": replicas,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
+        },
+    }
+
+
+def merge_by_name(current: list[dict[str, Any]], patch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged = [copy.deepcopy(item) for item in current]
+    for item in patch:
+        target = next((m for m in merged if m["name"] == item["name"]), None)
+        if target is None:
+            merged.append(copy.deepcopy(item))
+            continue
+        for key, value in item.items():
+            target[key] = merge_by_name(target.get(key, []), value) if key == "env" else value
+    return merged
+
+
+class FakeApi:
+    """Records every call; simulates the controller over successive reads."""
+
+    host = "https://fake-apiserver:6443"
+
+    def __init__(
+        self,
+        obj: dict[str, Any] | None = None,
+        stuck: frozenset[str] = frozenset(),
+        deadline: frozenset[str] = frozenset(),
+        read_error: BaseException | None = None,
+    ) -> None:
+        self.obj = obj or deployment()
+        self.stuck, self.deadline, self.read_error = stuck, deadline, read_error
+        self.calls: list[tuple[str, Any]] = []
+        self.patches: list[dict[str, Any]] = []
+        self.reads_after_patch = 0
+
+    @property
+    def image(self) -> str:
+        return str(self.obj["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    @property
+    def model_uri(self) -> str:
+        env = self.obj["spec"]["template"]["spec"]["containers"][0]["env"]
+        return str(next(e["value"] for e in env if e["name"] == MODEL_URI_ENV))
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        self.calls.append(("read", (namespace, name)))
+        if self.read_error is not None:
+            raise self.read_error
+        self._progress()
+        return copy.deepcopy(self.obj)
+
+    def patch_deployment(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", (namespace, name)))
+        self.patches.append(copy.deepcopy(body))
+        template = self.obj["spec"]["template"]["spec"]
+        template["containers"] = merge_by_name(template["containers"], body["spec"]["template"]["spec"]["containers"])
+        self.obj["metadata"]["generation"] += 1
+        self.obj["status"]["updatedReplicas"] = 0  # a new template: no pod runs it yet
+        self.obj["status"]["availableReplicas"] = self.obj["spec"]["replicas"]
+        self.obj["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]
+        return copy.deepcopy(self.obj)
+
+    def _progress(self) -> None:
+        """One controller step per read (maxSurge 1, maxUnavailable 0)."""
+        meta, spec, status = self.obj["metadata"], self.obj["spec"], self.obj["status"]
+        wanted = spec["replicas"]
+        if status["observedGeneration"] < meta["generation"]:
+            status["observedGeneration"] = meta["generation"]
+            status["replicas"] = wanted + 1
+            return
+        if self.image in self.deadline:
+            status["conditions"] = [
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "slow"}
+            ]
+            return
+        if self.image in self.stuck:
+            return  # the new pod never becomes ready: the old ones stay
+        if status["updatedReplicas"] < wanted:
+            status["updatedReplicas"] += 1
+            status["replicas"] = wanted + (1 if status["updatedReplicas"] < wanted else 0)
+        status["availableReplicas"] = wanted
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class RecordingVerifier:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.error = error
+        self.state_when_called: list[tuple[str, str]] = []
+
+    def bind(self, api: FakeApi) -> RecordingVerifier:
+        self.api = api
+        return self
+
+    def __call__(self, service_url: str, version: str) -> None:
+        self.calls.append((service_url, version))
+        self.state_when_called.append((self.api.image, self.api.model_uri))
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def kube() -> KubernetesSettings:
+    return KubernetesSettings(service_url=SERVICE_URL, rollout_timeout_s=300)
+
+
+def run_deploy(
+    settings: Settings, kube: KubernetesSettings, api: FakeApi, verifier: RecordingVerifier, clock: FakeClock
+) -> DeploymentReport:
+    report = DeploymentReport(target="kubernetes", version="4")
+    deploy_kubernetes(
+        settings, "4", report, api=api, image=NEW_IMAGE, kube=kube, verify=verifier, clock=clock, sleep=clock.sleep
+    )
+    return report
+
+
+def test_happy_path_patches_exact_image_and_version_waits_and_verifies(
+    settings: Settings, kube: KubernetesSettings
+) -> None:
+    api, clock = FakeApi(), FakeClock()
+    verifier = RecordingVerifier().bind(api)
+    started = time.monotonic()
+
+    report = run_deploy(settings, kube, api, verifier, clock)
+
+    assert api.patches == [template_patch("service", NEW_IMAGE, NEW_URI)]
+    container = api.patches[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container == {"name": "service", "image": NEW_IMAGE, "env": [{"name": MODEL_URI_ENV, "value": NEW_URI}]}
+    assert "@" not in container["env"][0]["value"]  # the exact version, never the alias
+    # the other env entries survived the strategic merge
+    assert [e["name"] for e in api.obj["spec"]["template"]["spec"]["containers"][0]["env"]] == [
+        MODEL_URI_ENV,
+        "HEALTHPREDICT_RELOAD_TOKEN",
+    ]
+    # verification ran once, through the Service URL, only after every replica was updated and available
+    assert verifier.calls == [(SERVICE_URL, "4")]
+    assert verifier.state_when_called == [(NEW_IMAGE, NEW_URI)]
+    assert rollout_status(api.obj).done
+    assert api.obj["status"]["updatedReplicas"] == api.obj["status"]["availableReplicas"] == 2
+    reads_after_patch = [c for c in api.calls[api.calls.index(("patch", ("healthpredict", "healthpredict-service"))) :]]
+    assert len(reads_after_patch) >= 4  # observe, update 1, update 2, done: it polled rather than trusting one read
+    assert clock.sleeps and all(s == POLL_INTERVAL_S for s in clock.sleeps)
+    assert [c[0] for c in api.calls].count("patch") == 1  # no undo
+    assert report.url == SERVICE_URL
+    assert any("revision 5" in s and OLD_IMAGE in s for s in report.steps)
+    assert time.monotonic() - started < 2
+
+
+def test_rollout_timeout_undoes_to_previous_image_and_uri(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(stuck=frozenset({NEW_IMAGE})), FakeClock()
+    verifier = RecordingVerifier().bind(api)
+    started = time.monotonic()
+
+    with pytest.raises(DeploymentError, match=r"timed out after 300 s") as raised:
+        run_deploy(settings, kube, api, verifier, clock)
+
+    assert clock.now - 1000.0 >= 300  # waited the whole (fake) timeout
+    assert api.patches[1] == template_patch("service", OLD_IMAGE, OLD_URI)
+    assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI)
+    assert rollout_status(api.obj).done  # the undo's rollout was waited for
+    assert verifier.calls == []
+    assert "rolled back to image " + OLD_IMAGE in str(raised.value)
+    assert time.monotonic() - started < 2
+
+
+def test_progress_deadline_exceeded_fails_fast_and_undoes(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(deadline=frozenset({NEW_IMAGE})), FakeClock()
+    verifier = RecordingVerifier().bind(api)
+
+    with pytest.raises(DeploymentError, match="ProgressDeadlineExceeded"):
+        run_deploy(settings, kube, api, verifier, clock)
+
+    assert clock.now - 1000.0 < 10 * POLL_INTERVAL_S  # did not sit out the 300 s timeout
+    assert [p["spec"]["template"]["spec"]["containers"][0]["image"] for p in api.patches] == [NEW_IMAGE, OLD_IMAGE]
+    assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI)
+    assert verifier.calls == []
+
+
+def test_failed_verification_undoes(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(), FakeClock()
+    verifier = RecordingVerifier(DeploymentError("smoke predictions differ from the offline model")).bind(api)
+
+    with pytest.raises(DeploymentError, match=r"smoke predictions differ.*rolled back") as raised:
+        run_deploy(settings, kube, api, verifier, clock)
+
+    assert verifier.calls == [(SERVICE_URL, "4")]
+    assert api.patches[-1] == template_patch("service", OLD_IMAGE, OLD_URI)
+    assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI)
+    assert rollout_status(api.obj).done
+    assert isinstance(raised.value.__cause__, DeploymentError)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        urllib3.exceptions.MaxRetryError(None, "/apis/apps/v1", reason="Connection refused"),  # type: ignore[arg-type]
+        ApiException(status=503, reason="Service Unavailable"),
+        ConnectionRefusedError(111, "Connection refused"),
+    ],
+    ids=["urllib3", "api-503", "refused"],
+)
+def test_unreachable_api_fails_without_patching(
+    settings: Settings, kube: KubernetesSettings, error: BaseException
+) -> None:
+    api, clock = FakeApi(read_error=error), FakeClock()
+    verifier = RecordingVerifier().bind(api)
+
+    with pytest.raises(DeploymentError, match=r"unreachable") as raised:
+        run_deploy(settings, kube, api, verifier, clock)
+
+    assert "healthpredict/healthpredict-service" in str(raised.value)
+    assert api.patches == []
+    assert [c[0] for c in api.calls] == ["read"]
+    assert verifier.calls == []
+
+
+def test_forbidden_is_reported_as_refused_not_unreachable(settings: Settings, kube: KubernetesSettings) -> None:
+    api = FakeApi(read_error=ApiException(status=403, reason="Forbidden"))
+    with pytest.raises(DeploymentError, match=r"refused it \(403 Forbidden\)"):
+        run_deploy(settings, kube, api, RecordingVerifier().bind(api), FakeClock())
+    assert api.patches == []
+
+
+def test_missing_service_container_is_named(settings: Settings, kube: KubernetesSettings) -> None:
+    obj = deployment()
+    obj["spec"]["template"]["spec"]["containers"][0]["name"] = "api"
+    api = FakeApi(obj)
+
+    with pytest.raises(DeploymentError, match=r"healthpredict-service has no container named 'service'.*api"):
+        run_deploy(settings, kube, api, RecordingVerifier().bind(api), FakeClock())
+    assert api.patches == []
+
+
+def test_model_uri_from_a_configmap_is_refused(settings: Settings, kube: KubernetesSettings) -> None:
+    obj = deployment()
+    obj["spec"]["template"]["spec"]["containers"][0]["env"][0] = {
+        "name": MODEL_URI_ENV,
+        "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": MODEL_URI_ENV}},
+    }
+    api = FakeApi(obj)
+    with pytest.raises(DeploymentError, match=f"no literal env entry {MODEL_URI_ENV}"):
+        run_deploy(settings, kube, api, RecordingVerifier().bind(api), FakeClock())
+    assert api.patches == []
+
+
+def test_failed_undo_says_so_and_how_to_recover(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(deadline=frozenset({NEW_IMAGE, OLD_IMAGE})), FakeClock()
+    with pytest.raises(
+        DeploymentError, match=r"rollback to image .* also failed.*kubectl -n healthpredict rollout undo"
+    ):
+        run_deploy(settings, kube, api, RecordingVerifier().bind(api), clock)
+    assert len(api.patches) == 2
+
+
+def test_rollout_status_waits_for_old_replicas_and_observed_generation() -> None:
+    obj = deployment()
+    assert rollout_status(obj).done
+    obj["metadata"]["generation"] = 6
+    assert "observe generation 6" in rollout_status(obj).message
+    obj["status"].update(observedGeneration=6, updatedReplicas=2, replicas=3, availableReplicas=2)
+    assert "1 old replicas pending termination" in rollout_status(obj).message
+    obj["status"].update(replicas=2, availableReplicas=1)
+    assert not rollout_status(obj).done
+    # a stale ProgressDeadlineExceeded from an older generation does not fail the new rollout
+    obj["metadata"]["generation"] = 7
+    obj["status"]["conditions"] = [{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]
+    assert not rollout_status(obj).failed
+
+
+def test_settings_name_the_missing_service_url() -> None:
+    with pytest.raises(SettingsError, match="HEALTHPREDICT_K8S_SERVICE_URL"):
+        KubernetesSettings.from_env({})
+    kube = KubernetesSettings.from_env({"HEALTHPREDICT_K8S_SERVICE_URL": "http://127.0.0.1:30800/"})
+    assert (kube.namespace, kube.deployment, kube.container) == ("healthpredict", "healthpredict-service", "service")
+    assert (kube.service_url, kube.rollout_timeout_s) == ("http://127.0.0.1:30800", 300.0)
+    with pytest.raises(SettingsError, match="HEALTHPREDICT_ROLLOUT_TIMEOUT_S"):
+        KubernetesSettings.from_env(
+            {"HEALTHPREDICT_K8S_SERVICE_URL": SERVICE_URL, "HEALTHPREDICT_ROLLOUT_TIMEOUT_S": "0"}
+        )
+
+
+def test_unloadable_kubeconfig_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    kube = KubernetesSettings.from_env({"HEALTHPREDICT_K8S_SERVICE_URL": SERVICE_URL, "KUBECONFIG": str(missing)})
+    assert kube.kubeconfig == str(missing)
+    with pytest.raises(DeploymentError, match=rf"kubeconfig {missing}.*context minikube"):
+        KubernetesApi(context="minikube", kubeconfig=kube.kubeconfig)
+
+
+def test_real_client_against_a_closed_port_is_unreachable(tmp_path: Path) -> None:
+    """The real adapter, pointed at a loopback port nobody listens on, fails as unreachable (never a pass)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: local, context: {{cluster: c, user: u}}}}]
+current-context: local
+"""
+    )
+    api = KubernetesApi(context="local", kubeconfig=str(kubeconfig))
+    settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path / "home")})
+    kube = KubernetesSettings(service_url=SERVICE_URL)
+    with pytest.raises(DeploymentError, match=rf"Kubernetes API at http://127\.0\.0\.1:{port} unreachable"):
+        deploy_kubernetes(
+            settings,
+            "4",
+            DeploymentReport(target="kubernetes", version="4"),
+            api=api,
+            image=NEW_IMAGE,
+            kube=kube,
+            verify=lambda url, version: None,
+        )
