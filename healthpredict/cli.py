@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.set_defaults(handler=cmd_pipeline)
 
     deploy = commands.add_parser(
-        "deploy", help="deploy a model version (local target), verify it live, then move champion"
+        "deploy",
+        help="deploy a model version (HEALTHPREDICT_DEPLOY_TARGET: local or kubernetes), verify it live, move champion",
     )
     deploy.add_argument("--version", help="registered version to deploy (default: the challenger)")
     deploy.set_defaults(handler=cmd_deploy)

@@ -95,23 +95,28 @@ def deploy_version(settings: Settings, version: str) -> DeploymentReport:
     is tagged ``deployment=failed`` with the reason.
     """
     target = os.environ.get("HEALTHPREDICT_DEPLOY_TARGET", "local")
-    if target != "local":
-        raise DeploymentError(f"HEALTHPREDICT_DEPLOY_TARGET={target!r} is not available; use 'local'")
+    if target not in ("local", "kubernetes"):
+        raise DeploymentError(f"HEALTHPREDICT_DEPLOY_TARGET={target!r} is not available; use 'local' or 'kubernetes'")
+    from healthpredict.deploy.kubernetes import deploy_kubernetes
     from healthpredict.deploy.local import deploy_local, switch_running_service
 
     version = str(version)
     report = DeploymentReport(target=target, version=version)
     previous = version_by_alias(settings, CHAMPION)
     try:
-        deploy_local(settings, version, report)
+        if target == "kubernetes":
+            deploy_kubernetes(settings, version, report)  # pods pinned to models:/<name>/<version>
+        else:
+            deploy_local(settings, version, report)
         set_champion(settings, version)
         report.step(f"alias `champion` moved to version {version}")
-        try:
-            switch_running_service(settings, version, report)
-        except Exception:
-            restore_champion(settings, None if previous is None else str(previous.version))
-            report.step("switch failed: alias `champion` restored")
-            raise
+        if target == "local":
+            try:
+                switch_running_service(settings, version, report)
+            except Exception:
+                restore_champion(settings, None if previous is None else str(previous.version))
+                report.step("switch failed: alias `champion` restored")
+                raise
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
         tag_version(settings, version, {"deployment": "failed", "deployment.reason": reason})
