@@ -32,9 +32,12 @@ from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import Family, Settings
 from healthpredict.split import SplitReader
-from healthpredict.tune import SearchResult, encode_for_search, ray_session, run_search
+from healthpredict.tune import NoTrialResults, SearchResult, encode_for_search, ray_session, run_search
 
 log = logging.getLogger(__name__)
+
+# A family always gets at least this much search time, whatever the others used.
+MIN_FAMILY_BUDGET_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -163,15 +166,25 @@ def train_models(
                 "ray_address": training.ray_address or "local",
             }
         )  # fmt: skip
+        skipped: list[str] = []
         with ray_session(settings):
+            search_started = time.monotonic()  # the budget is the search's, not Ray's start-up
             for index, family in enumerate(training.families):
-                remaining = training.time_budget_s - (time.monotonic() - started)
-                budget = max(10.0, remaining / (len(training.families) - index))
+                remaining = training.time_budget_s - (time.monotonic() - search_started)
+                budget = max(MIN_FAMILY_BUDGET_S, remaining / (len(training.families) - index))
                 data = encode_for_search(frames["train"], frames["val"], family)
                 log.info("searching %s: %d trials, %.0f s budget", family, training.trials_per_family, budget)
-                search = run_search(family, data, settings, budget, storage)
+                try:
+                    search = run_search(family, data, settings, budget, storage)
+                except NoTrialResults as exc:
+                    log.warning("%s skipped: %s", family, exc)
+                    skipped.append(family)
+                    continue
                 _log_trials(search)
                 results.append(refit_and_evaluate(family, search, frames, settings, manifest_sha))
+        mlflow.set_tag("skipped_families", ",".join(skipped) or "none")
+        if not results:
+            raise RuntimeError(f"no family finished a trial within the {training.time_budget_s} s budget")
         winner = max(results, key=lambda r: r.val_auc)
         floor_passed = winner.evaluation.roc_auc >= settings.gates.auc_floor
         result = TrainingResult(

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 METRIC = "val_auc"
 
 
+class NoTrialResults(RuntimeError):
+    """A family's search ended (time budget, failures) before any trial reported."""
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """One finished (or pruned) trial: what was tried, how it scored, where it ran."""
@@ -213,7 +217,7 @@ def run_search(
             )
         )
     if not trials:
-        raise RuntimeError(f"every {family} trial failed; see the Ray logs under {storage}")
+        raise NoTrialResults(f"no {family} trial reported a result within {time_budget_s:.0f} s (Ray logs: {storage})")
     trials.sort(key=lambda t: t.order)  # suggestion order (trial ids are random)
     completed = [t for t in trials if not t.pruned] or trials
     best = max(completed, key=lambda t: (t.val_auc, -t.order))
