@@ -25,7 +25,8 @@ label            Jensen-Shannon distance on       0.1       prevalence moved (on
 ================ ================================ ========= =====================================================
 
 A feature drifts when its statistic is ``>=`` its threshold (Evidently's rule for distances). The dataset
-drifts when the share of drifted features is ``>=`` :attr:`DriftThresholds.drift_share` (0.3). These are
+drifts when the share of drifted features is ``>=`` :attr:`DriftThresholds.drift_share` (0.3). A batch raises
+an **alert** (:attr:`DriftResult.alert`) on dataset drift, prediction drift or label drift. These are
 Evidently's default thresholds for both distances; ``docs/DRIFT.md`` shows what they flag on the real
 batches (the source data itself changes over 1999-2008, so later untouched batches do drift).
 
@@ -160,6 +161,7 @@ class DriftResult:
     batch: str | None = None
     model_version: str | None = None
     run_id: str | None = None
+    experiment_id: str | None = None
 
     @property
     def drifted_features(self) -> tuple[str, ...]:
@@ -172,6 +174,11 @@ class DriftResult:
         raise KeyError(f"no drift row for feature {name!r}")
 
     @property
+    def alert(self) -> bool:
+        """Needs attention: dataset drift, or the champion's scores or the label distribution moved."""
+        return self.dataset_drift or any(r is not None and r.drifted for r in (self.prediction, self.target))
+
+    @property
     def flagged(self) -> frozenset[str]:
         """Names of every drifted signal: features, ``prediction`` and the target column."""
         extra = [r.feature for r in (self.prediction, self.target) if r is not None and r.drifted]
@@ -182,6 +189,7 @@ class DriftResult:
             "drift_share": self.drift_share,
             "drifted_features": float(len(self.drifted_features)),
             "dataset_drift": float(self.dataset_drift),
+            "alert": float(self.alert),
             "rows": float(self.rows),
         }
         if self.prediction is not None:
@@ -198,6 +206,12 @@ class DriftResult:
             f" vs champion v{self.model_version}" if self.model_version else ""
         )
         verdict = "**dataset drift**" if self.dataset_drift else "no dataset drift"
+        if self.alert and not self.dataset_drift:
+            verdict += (
+                " (**alert**: "
+                + ", ".join(r.feature for r in (self.prediction, self.target) if r and r.drifted)
+                + " drifted)"
+            )
         lines = [
             title,
             "",
@@ -436,7 +450,7 @@ def load_champion(settings: Settings) -> LoadedModel:
 
 def log_drift_run(
     settings: Settings, result: DriftResult, reference: pd.DataFrame, current: pd.DataFrame, model: LoadedModel
-) -> str:
+) -> tuple[str, str]:
     """One MLflow run per batch in the drift experiment: metrics, thresholds, tags and the HTML report."""
     import mlflow
 
@@ -446,7 +460,7 @@ def log_drift_run(
         mlflow.log_metrics(result.as_metrics())
         mlflow.set_tags({
             "batch": result.batch or "", "champion_version": model.version or "", "champion_uri": model.uri,
-            "dataset_drift": str(result.dataset_drift).lower(),
+            "dataset_drift": str(result.dataset_drift).lower(), "alert": str(result.alert).lower(),
             "drifted_features": ",".join(result.drifted_features),
         })  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
@@ -454,7 +468,7 @@ def log_drift_run(
             mlflow.log_artifact(str(html))
         mlflow.log_text(result.summary_markdown(), "drift_summary.md")
         mlflow.log_dict({"features": [asdict(f) for f in result.features]}, "drift_features.json")
-        return str(run.info.run_id)
+        return str(run.info.experiment_id), str(run.info.run_id)
 
 
 def monitor_batch(settings: Settings, batch: str | int, thresholds: DriftThresholds | None = None) -> DriftResult:
@@ -463,6 +477,6 @@ def monitor_batch(settings: Settings, batch: str | int, thresholds: DriftThresho
     configure_tracking(settings)
     model = load_champion(settings)
     result = replace(check_drift(reference, current, model, thresholds), batch=name)
-    run_id = log_drift_run(settings, result, reference, current, model)
+    experiment_id, run_id = log_drift_run(settings, result, reference, current, model)
     log.info("drift %s: share %.3f, dataset drift %s, run %s", name, result.drift_share, result.dataset_drift, run_id)
-    return replace(result, run_id=run_id)
+    return replace(result, run_id=run_id, experiment_id=experiment_id)
