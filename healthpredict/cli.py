@@ -85,6 +85,14 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.drift import drift_thresholds_from_env, monitor_batch
+
+    result = monitor_batch(settings, args.batch, drift_thresholds_from_env())
+    print(result.summary_markdown())
+    return 3 if args.fail_on_alert and result.alert else 0
+
+
 def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     print(f"`healthpredict {args.pending}` is not available in this release.", file=sys.stderr)
     return 2
@@ -220,10 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--version", help="registered version to deploy (default: the challenger)")
     deploy.set_defaults(handler=cmd_deploy)
 
-    for name, text in (
-        ("drift", "drift report of a future batch against the champion's training data"),
-        ("improve", "continuous improvement over the future batches"),
-    ):
+    drift = commands.add_parser(
+        "drift", help="drift report of a future batch against the champion's training data (logged to MLflow)"
+    )
+    drift.add_argument("--batch", type=int, required=True, help="future batch number, 1 = the first after training")
+    drift.add_argument(
+        "--fail-on-alert", action="store_true", help="exit 3 when dataset, prediction or label drift is flagged"
+    )
+    drift.set_defaults(handler=cmd_drift)
+
+    for name, text in (("improve", "continuous improvement over the future batches"),):
         pending = commands.add_parser(name, help=text)
         pending.set_defaults(handler=cmd_pending, pending=name)
     return parser

@@ -46,7 +46,10 @@ def test_train_deployment_runs_on_a_worker(real_split_home: Path, tmp_path: Path
         wait_for_http(f"{api}/health", timeout=120, process=server)
         run("work-pool", "create", "healthpredict", "--type", "process")
         deployed = run("deploy", "--all")
-        for name in ("split-data/default", "train/default", "promote/default", "deploy/local", "pipeline/default"):
+        for name in (
+            "split-data/default", "train/default", "promote/default", "deploy/local", "pipeline/default",
+            "monitor-drift/default",
+        ):  # fmt: skip
             assert name in run("deployment", "ls").stdout.replace("\n", "") or name in deployed.stdout
         start([prefect, "worker", "start", "--pool", "healthpredict"], "worker.log")
         done = run(
