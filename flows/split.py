@@ -8,6 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
+from flows.blocks import result_storage
 from flows.common import flow_settings
 from healthpredict.data import RawData, fetch_raw_data
 from healthpredict.reporting import split_summary_markdown
@@ -37,7 +38,9 @@ def split(settings: Settings, raw: RawData) -> dict[str, Any]:
 def split_data(source: str | None = None) -> dict[str, Any]:
     """Raw data (``source`` or ``HEALTHPREDICT_RAW_DATA``) → validated, patient-disjoint split + manifest."""
     settings = flow_settings()
+    storage = result_storage(settings)
+    split_task = split.with_options(result_storage=storage) if storage is not None else split
     raw = fetch_raw(settings, source)
-    manifest = split(settings, raw)
+    manifest = split_task(settings, raw)
     create_markdown_artifact(split_summary_markdown(manifest), key="split-manifest", description="Split manifest")
     return manifest

@@ -93,6 +93,12 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
     return 3 if args.fail_on_alert and result.alert else 0
 
 
+def cmd_blocks_create(args: argparse.Namespace, settings: Settings) -> int:
+    slugs = _named("flows.blocks:create_aws_blocks")(settings, args.bucket)
+    print(f"saved Prefect blocks {slugs['credentials']} and {slugs['bucket']}")
+    return 0
+
+
 def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     print(f"`healthpredict {args.pending}` is not available in this release.", file=sys.stderr)
     return 2
@@ -227,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--version", help="registered version to deploy (default: the challenger)")
     deploy.set_defaults(handler=cmd_deploy)
+
+    blocks = commands.add_parser("blocks", help="Prefect blocks (prefect-aws) for an S3 artifact store")
+    blocks_commands = blocks.add_subparsers(dest="blocks_command", required=True, metavar="SUBCOMMAND")
+    blocks_create = blocks_commands.add_parser(
+        "create", help="save AwsCredentials and S3Bucket blocks from the AWS_* environment (PREFECT_API_URL's server)"
+    )
+    blocks_create.add_argument("--bucket", required=True, help="S3 bucket for flow results")
+    blocks_create.set_defaults(handler=cmd_blocks_create)
 
     drift = commands.add_parser(
         "drift", help="drift report of a future batch against the champion's training data (logged to MLflow)"

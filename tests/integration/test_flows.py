@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, training_env
+from conftest import create_bucket, make_settings, training_env
 from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
@@ -74,3 +74,48 @@ def test_corrupt_parquet_fails_the_train_flow(
     assert state.is_failed()
     with pytest.raises(SplitError, match=r"train\.parquet: corrupt"):
         state.result()
+
+
+def test_s3_artifact_store_uses_the_prefect_aws_blocks(
+    real_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aws_env: dict[str, str]
+) -> None:
+    import boto3
+
+    from flows.blocks import RESULTS_FOLDER, create_aws_blocks
+    from healthpredict.settings import Settings
+
+    create_bucket(aws_env["AWS_ENDPOINT_URL"], "hp-flows")
+    env = {
+        **aws_env, "HEALTHPREDICT_HOME": str(tmp_path / "home"), "HEALTHPREDICT_RAW_DATA": str(real_data),
+        "HEALTHPREDICT_ARTIFACT_URI": "s3://hp-flows/data",
+    }  # fmt: skip
+    _set_env(monkeypatch, env)
+    slugs = create_aws_blocks(Settings.from_env(), "hp-flows")
+    assert slugs == {"credentials": "aws-credentials/healthpredict-aws", "bucket": "s3-bucket/healthpredict-artifacts"}
+    manifest = split_data()
+    s3 = boto3.client("s3", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="hp-flows")["Contents"]]
+    assert f"data/split/{manifest['split_id']}/manifest.json" in keys
+    assert any(key.startswith(f"{RESULTS_FOLDER}/") for key in keys), keys  # the persisted split result
+
+
+def test_s3_artifact_store_without_blocks_says_how_to_create_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.blocks import result_storage
+    from healthpredict.settings import Settings
+
+    async def delete_block() -> None:
+        async with get_client() as client:
+            try:
+                block = await client.read_block_document_by_name("healthpredict-artifacts", "s3-bucket")
+            except Exception:
+                return
+            await client.delete_block_document(block.id)
+
+    import asyncio
+
+    asyncio.run(delete_block())
+    _set_env(monkeypatch, {"HEALTHPREDICT_HOME": str(tmp_path), "HEALTHPREDICT_ARTIFACT_URI": "s3://x/y"})
+    with pytest.raises(RuntimeError, match="healthpredict blocks create --bucket"):
+        result_storage(Settings.from_env())
