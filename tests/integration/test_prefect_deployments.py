@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.integration
 
 
-def test_train_deployment_runs_on_a_worker(real_split_home: Path, tmp_path: Path) -> None:
+def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp_path: Path) -> None:
     prefect = str(Path(sys.executable).with_name("prefect"))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -61,6 +61,12 @@ def test_train_deployment_runs_on_a_worker(real_split_home: Path, tmp_path: Path
         versions = client.search_model_versions("name = 'health-predict'")
         assert [str(v.version) for v in versions] == ["1"]
         assert client.get_model_version_by_alias("health-predict", "challenger").tags["family"] == "logreg"
+
+        # the deploy/local deployment rolls the challenger out, verifies it live and moves champion
+        done = run("deployment", "run", "deploy/local", "--watch", timeout=600)
+        assert "Completed" in done.stdout
+        champion = client.get_model_version_by_alias("health-predict", "champion")
+        assert str(champion.version) == "1" and champion.tags["deployment"] == "succeeded"
     finally:
         for process in reversed(processes):
             stop_process(process, timeout=30)
