@@ -127,7 +127,9 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import sys
 
     port = free_port()
-    executable = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    beside = Path(sys.executable).with_name("moto_server")  # the project's venv first
+    executable = str(beside) if beside.exists() else shutil.which("moto_server")
+    assert executable, "moto_server is not installed (pip install -e '.[dev]')"
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
     process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     endpoint = f"http://127.0.0.1:{port}"
