@@ -27,6 +27,15 @@ REAL_DATA = Path(
 )
 
 
+@pytest.fixture(autouse=True)
+def isolated_environment() -> Iterator[None]:
+    """Give every test the environment it started with (MLflow, for one, exports its tracking URI)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def make_settings(home: Path, **env: str) -> Settings:
     """Settings as a user would get them from the environment, rooted in ``home``."""
     return Settings.from_env({"HEALTHPREDICT_HOME": str(home), **env})

@@ -24,6 +24,7 @@ def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
         **training_env(home, real_split_home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
     }
     processes: list[subprocess.Popen[bytes]] = []
 
