@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.drift import DriftResult, DriftThresholds, batch_part_name, check_drift, require_model_inputs
+from healthpredict.inject import SCENARIOS
 from healthpredict.inject import inject as inject_scenario
 from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_model
 from healthpredict.reporting import markdown_table
@@ -407,6 +408,8 @@ def improve(
     started = time.monotonic()
     reader = SplitReader(settings)
     names = reader.batch_names[: options.batches] if options.batches else reader.batch_names
+    if options.inject and options.inject not in SCENARIOS:
+        raise ImprovementError(f"unknown drift scenario {options.inject!r}; valid: {', '.join(SCENARIOS)}")
     inject_name = batch_part_name(options.inject_batch) if options.inject else None
     if inject_name is not None and inject_name not in names:
         raise ImprovementError(
