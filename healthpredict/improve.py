@@ -407,7 +407,9 @@ def improve(
     policy = policy or ImprovementSettings()
     started = time.monotonic()
     reader = SplitReader(settings)
-    names = reader.batch_names[: options.batches] if options.batches else reader.batch_names
+    names = reader.batch_names[: options.batches] if options.batches is not None else reader.batch_names
+    if options.batches is not None and options.batches < 1:
+        raise ImprovementError(f"batches={options.batches}: give at least 1 (or none for every future batch)")
     if options.inject and options.inject not in SCENARIOS:
         raise ImprovementError(f"unknown drift scenario {options.inject!r}; valid: {', '.join(SCENARIOS)}")
     inject_name = batch_part_name(options.inject_batch) if options.inject else None

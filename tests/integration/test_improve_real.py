@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -10,7 +11,10 @@ import pandas as pd
 import pytest
 from conftest import training_env
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.testing.utilities import prefect_test_harness
 
+from flows.improve import continuous_improvement
 from healthpredict.evaluate import evaluate_model
 from healthpredict.features import model_inputs
 from healthpredict.improve import (
@@ -30,6 +34,11 @@ pytestmark = pytest.mark.integration
 
 # batch_01 must stay "keep" (drift share 0.15 on the real data, see docs/DRIFT.md); batch_02 is forced.
 POLICY = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.2, experiment="improve-test")
+
+
+async def _artifact(key: str) -> str:
+    async with get_client() as client:
+        return next(a.data for a in await client.read_latest_artifacts() if a.key == key)
 
 
 def copy_split(real_split_home: Path, tmp_path: Path) -> Path:
@@ -131,17 +140,52 @@ def test_forced_retrain_deploys_and_records_every_decision(
     assert "| batch_02 (label_prior_shift) |" in result.summary_markdown()
 
 
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def policy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow reads its policy from the environment: the same one as :data:`POLICY`."""
+    monkeypatch.setenv("HEALTHPREDICT_RETRAIN_DRIFT_SHARE", str(POLICY.retrain_drift_share))
+    monkeypatch.setenv("HEALTHPREDICT_RETRAIN_AUC_DROP", str(POLICY.retrain_auc_drop))
+    monkeypatch.setenv("HEALTHPREDICT_IMPROVEMENT_EXPERIMENT", POLICY.experiment)
+
+
+def test_flow_publishes_the_decisions_as_a_markdown_artifact(
+    harness: None, real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    settings = settings_for(tmp_path, real_split_home, monkeypatch)
+    policy_env(monkeypatch)
+    initial = register_initial_champion(settings)
+    outcome = continuous_improvement(batches=1)
+    (record,) = outcome["decisions"]
+    assert record["batch"] == "batch_01" and record["decision"] == "keep" and record["champion_after"] == initial
+    assert outcome["mean_auc"] == pytest.approx(outcome["mean_frozen_auc"]) and Path(outcome["report_path"]).is_file()
+    markdown = asyncio.run(_artifact("continuous-improvement"))
+    assert "| batch_01 |" in markdown and "| keep |" in markdown and f"v{initial} → v{initial}" in markdown
+
+
 def test_unreadable_batch_fails_the_run_with_the_cause(
-    real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    harness: None, real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings_for(tmp_path, real_split_home, monkeypatch)
+    policy_env(monkeypatch)
     register_initial_champion(settings)
     reader = SplitReader(settings)
     missing = Path(reader.uri("batch_01"))
     missing.unlink()
 
-    with pytest.raises(ImprovementError, match=r"batch_01 cannot be read, improvement stopped: .*file is missing"):
+    cause = r"batch_01 cannot be read, improvement stopped: .*file is missing"
+    with pytest.raises(ImprovementError, match=cause):
         improve(settings, ImprovementOptions(batches=2), POLICY)
+    state = continuous_improvement(batches=2, return_state=True)  # the flow fails with the same cause
+    assert state.is_failed()
+    with pytest.raises(Exception, match=cause):
+        state.result()
 
     experiment = mlflow.get_experiment_by_name(POLICY.experiment)
     runs = [] if experiment is None else mlflow.search_runs([experiment.experiment_id], output_format="list")
