@@ -126,3 +126,19 @@ def test_simulation_report_is_a_png(tmp_path: Path) -> None:
     ]
     path = plot_simulation(decisions, POLICY, tmp_path / "r" / "report.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_summary_means_are_prequential_and_skip_unmeasurable_batches(tmp_path: Path) -> None:
+    from healthpredict.improve import ImprovementResult
+
+    decisions = [
+        BatchDecision("batch_01", 100, "keep", "within", "1", "1", 0.1, False, 0.60, 0.67, 0.60),
+        BatchDecision("batch_02", 100, "promoted", "forced", "1", "2", 0.4, True, 0.64, 0.67, 0.62, auc_after=0.7),
+        BatchDecision("batch_03", 100, "keep", "within", "2", "2", 0.2, False, None, 0.70, None),
+    ]
+    result = ImprovementResult(decisions, tmp_path / "r.png", "1", "run", 1.0)
+    assert result.mean_auc == pytest.approx(0.62) and result.mean_frozen_auc == pytest.approx(0.61)
+    text = result.summary_markdown()
+    assert "| batch_02 | 100 | 0.4000 | 0.6400 | 0.6200 | promoted | forced | 0.7000 | v1 → v2 |" in text
+    assert "(Δ +0.0100)" in text
+    assert [d.retrained for d in decisions] == [False, True, False]
