@@ -187,7 +187,8 @@ def test_unreadable_batch_fails_the_run_with_the_cause(
     with pytest.raises(Exception, match=cause):
         state.result()
 
-    experiment = mlflow.get_experiment_by_name(POLICY.experiment)
-    runs = [] if experiment is None else mlflow.search_runs([experiment.experiment_id], output_format="list")
+    client = MlflowClient(tracking_uri=settings.tracking.tracking_uri)  # this test's store, whatever ran before
+    experiment = client.get_experiment_by_name(POLICY.experiment)
+    runs = [] if experiment is None else client.search_runs([experiment.experiment_id])
     assert runs == []  # no decision recorded, in particular no "no drift"
     assert not (Path(settings.data.artifact_uri) / PREDICTIONS_DIR).exists()
