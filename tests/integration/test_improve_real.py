@@ -56,6 +56,8 @@ def settings_for(tmp_path: Path, real_split_home: Path, monkeypatch: pytest.Monk
     )  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: without this, an earlier test's store would be used
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     monkeypatch.delenv("HEALTHPREDICT_SERVICE_URL", raising=False)
     monkeypatch.setenv("HEALTHPREDICT_DEPLOY_TARGET", "local")
     return Settings.from_env()
