@@ -1,0 +1,144 @@
+"""Rules of the continuous-improvement loop on small synthetic frames: trigger, window, holdout, options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import raw_frame
+
+from healthpredict.improve import (
+    BatchDecision,
+    ImprovementSettings,
+    decide_retraining,
+    holdout_split,
+    improvement_settings_from_env,
+    is_forced,
+    parse_window,
+    plot_simulation,
+    training_window,
+)
+from healthpredict.settings import SettingsError
+
+pytestmark = pytest.mark.unit
+
+POLICY = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.02)
+
+
+def test_no_retrain_within_thresholds() -> None:
+    trigger = decide_retraining(0.29, auc_before=0.66, baseline_auc=0.67, policy=POLICY)
+    assert not trigger.retrain
+    assert "drift share 0.290 < 0.3" in trigger.reason and "AUC drop 0.010 <= 0.02" in trigger.reason
+
+
+def test_drift_share_at_threshold_triggers() -> None:
+    trigger = decide_retraining(0.3, auc_before=0.67, baseline_auc=0.67, policy=POLICY)
+    assert trigger.retrain and trigger.reason == "drift share 0.300 >= 0.3"
+
+
+def test_auc_drop_triggers_only_beyond_the_allowed_drop() -> None:
+    policy = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.125)  # exact in binary
+    assert not decide_retraining(0.1, auc_before=0.625, baseline_auc=0.75, policy=policy).retrain  # drop == 0.125
+    trigger = decide_retraining(0.1, auc_before=0.62, baseline_auc=0.75, policy=policy)
+    assert trigger.retrain and trigger.reason.startswith("AUC drop 0.130 > 0.125")
+
+
+def test_forced_retrains_whatever_the_numbers_and_reasons_accumulate() -> None:
+    assert decide_retraining(0.0, 0.9, 0.6, POLICY, forced=True) == decide_retraining(0.0, 0.9, 0.6, POLICY, True)
+    trigger = decide_retraining(0.5, auc_before=0.5, baseline_auc=0.7, policy=POLICY, forced=True)
+    assert trigger.retrain
+    assert trigger.reason.split("; ")[0] == "forced" and len(trigger.reason.split("; ")) == 3
+
+
+def test_unmeasurable_auc_cannot_trigger() -> None:
+    trigger = decide_retraining(0.1, auc_before=None, baseline_auc=0.7, policy=POLICY)
+    assert not trigger.retrain and "not measurable" in trigger.reason
+    assert not decide_retraining(0.1, auc_before=0.4, baseline_auc=None, policy=POLICY).retrain
+
+
+def test_thresholds_and_window_from_env() -> None:
+    policy = improvement_settings_from_env(
+        {"HEALTHPREDICT_RETRAIN_DRIFT_SHARE": "0.5", "HEALTHPREDICT_RETRAIN_AUC_DROP": "0.05",
+         "HEALTHPREDICT_TRAINING_WINDOW": "3"}
+    )  # fmt: skip
+    assert (policy.retrain_drift_share, policy.retrain_auc_drop, policy.training_window) == (0.5, 0.05, 3)
+    assert improvement_settings_from_env({}) == ImprovementSettings()
+    with pytest.raises(SettingsError, match="HEALTHPREDICT_RETRAIN_DRIFT_SHARE"):
+        improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_DRIFT_SHARE": "1.5"})
+    with pytest.raises(SettingsError, match="HEALTHPREDICT_TRAINING_WINDOW"):
+        parse_window("0")
+    with pytest.raises(SettingsError, match="HEALTHPREDICT_TRAINING_WINDOW"):
+        parse_window("recent")
+    assert parse_window(" ALL ") == "all"
+
+
+def _parts() -> tuple[dict[str, pd.DataFrame], list[pd.DataFrame]]:
+    initial = {name: raw_frame(10, seed=i).assign(part=name) for i, name in enumerate(("train", "val", "test"))}
+    batches = [raw_frame(20 + i, seed=10 + i).assign(part=f"batch_{i + 1:02d}") for i in range(4)]
+    return initial, batches
+
+
+def test_window_all_takes_the_initial_window_and_every_batch_so_far() -> None:
+    initial, batches = _parts()
+    window = training_window(initial, batches[:3], "all")
+    assert len(window) == 30 + 20 + 21 + 22
+    assert window["part"].unique().tolist() == ["train", "val", "test", "batch_01", "batch_02", "batch_03"]
+
+
+def test_window_last_n_takes_only_the_newest_batches() -> None:
+    initial, batches = _parts()
+    window = training_window(initial, batches, 2)
+    assert window["part"].unique().tolist() == ["batch_03", "batch_04"] and len(window) == 22 + 23
+    assert training_window(initial, batches[:1], 5)["part"].unique().tolist() == ["batch_01"]  # fewer than N so far
+    with pytest.raises(ValueError, match="newest batch"):
+        training_window(initial, [], "all")
+
+
+def test_holdout_is_a_patient_disjoint_slice_of_the_newest_batch() -> None:
+    older = raw_frame(200, seed=1, n_patients=60).assign(part="older")
+    newest = raw_frame(200, seed=2, n_patients=60).assign(part="newest")  # same patient ids recur in both
+    window = pd.concat([older, newest], ignore_index=True)
+    parts = holdout_split(window, newest, holdout_fraction=0.3, val_fraction=0.2, seed=7)
+    holdout, train, val = parts["test"], parts["train"], parts["val"]
+    assert set(holdout["part"]) == {"newest"}
+    held = set(holdout["patient_nbr"])
+    assert len(held) == round(newest["patient_nbr"].nunique() * 0.3)
+    assert held.isdisjoint(train["patient_nbr"]) and held.isdisjoint(val["patient_nbr"])
+    assert set(train["patient_nbr"]).isdisjoint(val["patient_nbr"])
+    # every window row is either held out, or in train/val, or dropped because its patient is held out
+    dropped = window.loc[window["patient_nbr"].isin(held) & (window["part"] == "older")]
+    assert len(holdout) + len(train) + len(val) + len(dropped) == len(window)
+    again = holdout_split(window, newest, 0.3, 0.2, seed=7)
+    assert again["test"]["encounter_id"].tolist() == holdout["encounter_id"].tolist()  # seeded
+
+
+def test_force_names_numbers_and_all() -> None:
+    assert is_forced("batch_02", ["2"]) and is_forced("batch_02", ["batch_02"]) and is_forced("batch_05", ["all"])
+    assert not is_forced("batch_01", ["2"]) and not is_forced("batch_01", [])
+
+
+def test_simulation_report_is_a_png(tmp_path: Path) -> None:
+    decisions = [
+        BatchDecision("batch_01", 100, "keep", "r", "1", "1", 0.1, False, 0.66, 0.67, 0.66),
+        BatchDecision("batch_02", 100, "promoted", "r", "1", "2", 0.4, True, 0.64, 0.67, 0.64, auc_after=0.7),
+        BatchDecision("batch_03", 100, "refused", "r", "2", "2", 0.2, False, None, 0.70, 0.63, auc_after=0.6),
+    ]
+    path = plot_simulation(decisions, POLICY, tmp_path / "r" / "report.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_summary_means_are_prequential_and_skip_unmeasurable_batches(tmp_path: Path) -> None:
+    from healthpredict.improve import ImprovementResult
+
+    decisions = [
+        BatchDecision("batch_01", 100, "keep", "within", "1", "1", 0.1, False, 0.60, 0.67, 0.60),
+        BatchDecision("batch_02", 100, "promoted", "forced", "1", "2", 0.4, True, 0.64, 0.67, 0.62, auc_after=0.7),
+        BatchDecision("batch_03", 100, "keep", "within", "2", "2", 0.2, False, None, 0.70, None),
+    ]
+    result = ImprovementResult(decisions, tmp_path / "r.png", "1", "run", 1.0)
+    assert result.mean_auc == pytest.approx(0.62) and result.mean_frozen_auc == pytest.approx(0.61)
+    text = result.summary_markdown()
+    assert "| batch_02 | 100 | 0.4000 | 0.6400 | 0.6200 | promoted | forced | 0.7000 | v1 → v2 |" in text
+    assert "(Δ +0.0100)" in text
+    assert [d.retrained for d in decisions] == [False, True, False]
