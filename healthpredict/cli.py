@@ -99,9 +99,19 @@ def cmd_blocks_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
-    print(f"`healthpredict {args.pending}` is not available in this release.", file=sys.stderr)
-    return 2
+def cmd_improve(args: argparse.Namespace, settings: Settings) -> int:
+    from healthpredict.drift import drift_thresholds_from_env
+    from healthpredict.improve import ImprovementOptions, improve, improvement_settings_from_env
+
+    options = ImprovementOptions(
+        batches=args.batches, force=tuple(args.force or ()), inject=args.inject, inject_batch=args.inject_batch,
+        inject_severity=args.inject_severity, deploy=not args.no_deploy,
+    )  # fmt: skip
+    result = improve(
+        _training_settings(args, settings), options, improvement_settings_from_env(), drift_thresholds_from_env()
+    )
+    print(result.summary_markdown())
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,9 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.set_defaults(handler=cmd_drift)
 
-    for name, text in (("improve", "continuous improvement over the future batches"),):
-        pending = commands.add_parser(name, help=text)
-        pending.set_defaults(handler=cmd_pending, pending=name)
+    improve = commands.add_parser(
+        "improve",
+        help="continuous improvement: score each future batch with the champion, check drift, retrain, gate, deploy",
+    )
+    improve.add_argument("--batches", type=int, help="only the first N future batches (default: all)")
+    improve.add_argument(
+        "--force", nargs="+", metavar="BATCH", help="retrain on these batches whatever the rule says ('all': every one)"
+    )
+    improve.add_argument(
+        "--inject", help="drift scenario (healthpredict.inject: covariate_shift, label_prior_shift, ...) for a batch"
+    )
+    improve.add_argument("--inject-batch", type=int, default=1, help="batch the scenario is applied to (default 1)")
+    improve.add_argument("--inject-severity", type=float, default=0.5, help="scenario severity in (0, 1] (default 0.5)")
+    improve.add_argument("--no-deploy", action="store_true", help="move champion after the gate without deploying")
+    improve.add_argument("--trials-per-family", type=int, help="trials per model family per retrain")
+    improve.add_argument("--time-budget-s", type=int, help="wall-clock budget of each retrain's search")
+    improve.add_argument("--families", nargs="+", choices=ALL_FAMILIES, help="model families (default: all)")
+    improve.set_defaults(handler=cmd_improve)
     return parser
 
 

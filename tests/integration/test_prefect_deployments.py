@@ -49,7 +49,7 @@ def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp
         deployed = run("deploy", "--all")
         for name in (
             "split-data/default", "train/default", "promote/default", "deploy/local", "pipeline/default",
-            "monitor-drift/default",
+            "monitor-drift/default", "continuous-improvement/default",
         ):  # fmt: skip
             assert name in run("deployment", "ls").stdout.replace("\n", "") or name in deployed.stdout
         start([prefect, "worker", "start", "--pool", "healthpredict"], "worker.log")
