@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from healthpredict.settings import Settings
@@ -10,11 +9,7 @@ from healthpredict.settings import Settings
 
 def flow_settings(**training: Any) -> Settings:
     """Read settings from the environment (fresh each run) and apply the non-``None`` training overrides."""
-    settings = Settings.from_env()
-    overrides = {key: value for key, value in training.items() if value is not None}
-    if "families" in overrides:
-        overrides["families"] = tuple(overrides["families"])
-    return replace(settings, training=replace(settings.training, **overrides)) if overrides else settings
+    return Settings.from_env().with_training(**training)
 
 
 def mlflow_run_link(settings: Settings, experiment_id: str, run_id: str) -> str:

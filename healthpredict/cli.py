@@ -41,17 +41,9 @@ def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
 
 def _training_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     """Apply search-budget flags on top of the environment's settings."""
-    from dataclasses import replace
-
-    training = settings.training
-    overrides: dict[str, Any] = {}
-    if args.trials_per_family is not None:
-        overrides["trials_per_family"] = args.trials_per_family
-    if args.time_budget_s is not None:
-        overrides["time_budget_s"] = args.time_budget_s
-    if args.families:
-        overrides["families"] = tuple(args.families)
-    return replace(settings, training=replace(training, **overrides)) if overrides else settings
+    return settings.with_training(
+        trials_per_family=args.trials_per_family, time_budget_s=args.time_budget_s, families=args.families or None
+    )
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,7 +7,6 @@ through its own pipeline.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import urllib.request
@@ -295,7 +294,3 @@ def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(settings.tracking.model_name, version, key, value)
-
-
-def decision_json(decision: GateDecision) -> str:
-    return json.dumps(asdict(decision), indent=2, sort_keys=True)

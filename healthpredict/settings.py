@@ -225,9 +225,12 @@ class Settings:
             aws_endpoint_url=_get(env, "AWS_ENDPOINT_URL") or _get(env, "MLFLOW_S3_ENDPOINT_URL"),
         )
 
-    def with_overrides(self, **sections: Any) -> Settings:
-        """Return a copy with whole sections or top-level fields replaced (CLI flags, flow parameters)."""
-        return replace(self, **sections)
+    def with_training(self, **overrides: Any) -> Settings:
+        """A copy with the given search settings replaced; ``None`` values (unset flags/parameters) are ignored."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        if "families" in given:
+            given["families"] = tuple(given["families"])
+        return replace(self, training=replace(self.training, **given)) if given else self
 
 
 @lru_cache(maxsize=1)

@@ -7,12 +7,10 @@ AUC becomes a new version of the registered model with alias ``challenger`` if i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -260,23 +258,3 @@ def training_summary(result: TrainingResult) -> str:
         f"{winner.evaluation.roc_auc_ci_low:.4f}–{winner.evaluation.roc_auc_ci_high:.4f}); {status}. "
         f"Took {result.seconds:.0f} s."
     )
-
-
-def dump_result(result: TrainingResult, path: Path) -> None:
-    """Write a small JSON summary (used by benchmarks)."""
-    payload = {
-        "parent_run_id": result.parent_run_id,
-        "registered_version": result.registered_version,
-        "seconds": result.seconds,
-        "families": {
-            r.family: {
-                "val_auc": r.val_auc,
-                "trials": len(r.search.trials),
-                "pruned": r.search.pruned,
-                "best_params": r.search.best.params,
-                **r.evaluation.as_metrics(),
-            }
-            for r in result.families
-        },
-    }
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))

@@ -57,3 +57,11 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path)})
     with pytest.raises(AttributeError):
         settings.home = tmp_path  # type: ignore[misc]
+
+
+def test_with_training_ignores_unset_values(tmp_path: Path) -> None:
+    settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path)})
+    assert settings.with_training(trials_per_family=None, families=None) is settings
+    changed = settings.with_training(trials_per_family=3, families=["xgboost"], time_budget_s=None)
+    assert changed.training.trials_per_family == 3 and changed.training.families == ("xgboost",)
+    assert changed.training.time_budget_s == settings.training.time_budget_s
