@@ -65,15 +65,23 @@ def run(home: Path, record: bool) -> str:
         rows,
     )  # fmt: skip
     verdict = "met" if gain >= TARGET_GAIN else "**missed**"
+    schedule = (
+        f"the champion is {policy.retrain_every} labelled batch(es) behind, when " if policy.retrain_every else ""
+    )
+    weighting = (
+        f"recency weights halving every {policy.recency_half_life:g} batch(es)"
+        if policy.recency_half_life
+        else "unweighted"
+    )
     retrains = sum(d.retrained for d in result.decisions)
     promoted = sum(d.decision == "promoted" for d in result.decisions)
     body = f"""## Continuous improvement (prequential, 8 future batches)
 
 Budget per search: families {env["HEALTHPREDICT_FAMILIES"]}, {env["HEALTHPREDICT_TRIALS_PER_FAMILY"]} trials each,
 {env["HEALTHPREDICT_TIME_BUDGET_S"]} s. Initial champion: {initial.winner.family} (test AUC
-{initial.winner.evaluation.roc_auc:.4f}), deployed through `local`. Policy: retrain when drift share ≥
+{initial.winner.evaluation.roc_auc:.4f}), deployed through `local`. Policy: retrain when {schedule}drift share ≥
 {policy.retrain_drift_share} or AUC drop > {policy.retrain_auc_drop} (vs the champion's test AUC); window
-`{policy.training_window}`; holdout {policy.holdout_fraction:.0%} of the newest batch's patients.
+`{policy.training_window}`, {weighting}; holdout {policy.holdout_fraction:.0%} of the newest batch's patients.
 
 {table}
 

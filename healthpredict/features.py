@@ -190,3 +190,18 @@ def build_preprocessor(scale_numeric: bool) -> ColumnTransformer:
 def model_inputs(frame: pd.DataFrame) -> pd.DataFrame:
     """The raw columns a model consumes, in contract order."""
     return frame[list(MODEL_INPUT_COLUMNS)]
+
+
+#: Optional column of a training frame: the weight of each encounter in fitting and validation (e.g. recency
+#: weights of continuous improvement). Never a model input; absent means every row weighs 1.
+SAMPLE_WEIGHT_COLUMN = "sample_weight"
+
+
+def sample_weights(frame: pd.DataFrame) -> np.ndarray | None:
+    """The frame's :data:`SAMPLE_WEIGHT_COLUMN` as float64, or ``None`` when it has none."""
+    if SAMPLE_WEIGHT_COLUMN not in frame.columns:
+        return None
+    weights = frame[SAMPLE_WEIGHT_COLUMN].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise ValueError(f"column {SAMPLE_WEIGHT_COLUMN!r} must hold finite weights > 0")
+    return weights

@@ -6,7 +6,8 @@ For each batch, strictly in this order (so scoring is leakage-free):
    at ``<artifact uri>/predictions/<batch>-v<version>.parquet``) — before any training has seen the batch;
 2. **check drift** against the champion's training data and **evaluate** the champion on the batch's labels;
 3. **decide** (:func:`decide_retraining`): retrain when the drift share reaches ``retrain_drift_share``, when the
-   champion's AUC on the batch fell more than ``retrain_auc_drop`` below its own test AUC, or when forced;
+   champion's AUC on the batch fell more than ``retrain_auc_drop`` below its own test AUC, when the champion has
+   not been trained on the last ``retrain_every`` labelled batches (the schedule; 0 turns it off), or when forced;
 4. **retrain** on the training window (:func:`training_window`: ``all`` data so far, or the last N batches),
    with a patient-disjoint slice of the newest batch held out for the gate and the test metrics
    (:func:`holdout_split`); the rest of the window is split patient-disjoint into train/val;
@@ -42,12 +43,13 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.drift import DriftResult, DriftThresholds, batch_part_name, check_drift, require_model_inputs
+from healthpredict.features import SAMPLE_WEIGHT_COLUMN
 from healthpredict.inject import SCENARIOS
 from healthpredict.inject import inject as inject_scenario
 from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_model
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
-from healthpredict.settings import Settings, SettingsError, _float, _get
+from healthpredict.settings import Settings, SettingsError, _float, _get, _int
 from healthpredict.split import INITIAL_PARTS, SplitError, SplitReader, patient_disjoint_split
 from healthpredict.store import ArtifactStore, StoreError
 
@@ -70,7 +72,9 @@ class ImprovementSettings:
 
     retrain_drift_share: float = 0.3
     retrain_auc_drop: float = 0.02
+    retrain_every: int = 1  # retrain once the champion is this many labelled batches behind; 0: triggers only
     training_window: Window = "all"
+    recency_half_life: float | None = 1.0  # batches; None: every row of the window weighs the same
     holdout_fraction: float = 0.3
     experiment: str = "health-predict-improvement"
 
@@ -85,6 +89,24 @@ def parse_window(raw: str) -> Window:
     raise SettingsError(f"HEALTHPREDICT_TRAINING_WINDOW={raw!r} must be 'all' or a number of batches >= 1")
 
 
+def parse_half_life(raw: str | None, default: float | None) -> float | None:
+    """A half-life in batches (> 0), or ``none``/``off``/``0`` for unweighted training windows."""
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in ("none", "off", "0", "0.0"):
+        return None
+    try:
+        half_life = float(value)
+    except ValueError:
+        half_life = float("nan")
+    if not np.isfinite(half_life) or half_life <= 0:
+        raise SettingsError(
+            f"HEALTHPREDICT_RECENCY_HALF_LIFE={raw!r} must be a number of batches > 0, or 'none' for no weighting"
+        )
+    return half_life
+
+
 def improvement_settings_from_env(env: Mapping[str, str] | None = None) -> ImprovementSettings:
     """Defaults overridden by ``HEALTHPREDICT_RETRAIN_*``, ``HEALTHPREDICT_TRAINING_WINDOW`` and friends."""
     env = os.environ if env is None else env
@@ -92,7 +114,9 @@ def improvement_settings_from_env(env: Mapping[str, str] | None = None) -> Impro
     return ImprovementSettings(
         retrain_drift_share=_float(env, "HEALTHPREDICT_RETRAIN_DRIFT_SHARE", d.retrain_drift_share, 0.0, 1.0),
         retrain_auc_drop=_float(env, "HEALTHPREDICT_RETRAIN_AUC_DROP", d.retrain_auc_drop, 0.0, 1.0),
+        retrain_every=_int(env, "HEALTHPREDICT_RETRAIN_EVERY", d.retrain_every, minimum=0),
         training_window=parse_window(_get(env, "HEALTHPREDICT_TRAINING_WINDOW") or "all"),
+        recency_half_life=parse_half_life(_get(env, "HEALTHPREDICT_RECENCY_HALF_LIFE"), d.recency_half_life),
         holdout_fraction=_float(env, "HEALTHPREDICT_HOLDOUT_FRACTION", d.holdout_fraction, 0.05, 0.9),
         experiment=_get(env, "HEALTHPREDICT_IMPROVEMENT_EXPERIMENT") or d.experiment,
     )
@@ -126,15 +150,19 @@ def decide_retraining(
     baseline_auc: float | None,
     policy: ImprovementSettings,
     forced: bool = False,
+    batches_behind: int = 0,
 ) -> Trigger:
-    """Retrain when forced, when drift share >= its threshold, or when AUC fell more than the allowed drop.
+    """Retrain when forced, on schedule, when drift share >= its threshold, or when AUC fell more than allowed.
 
     ``baseline_auc`` is the champion's own test AUC; without it (or without a batch AUC, e.g. one class only)
-    the AUC criterion cannot fire and the reason says so.
+    the AUC criterion cannot fire and the reason says so. ``batches_behind`` counts the labelled batches that
+    arrived since the champion was trained; the schedule fires when it reaches ``policy.retrain_every``.
     """
     reasons = []
     if forced:
         reasons.append("forced")
+    if policy.retrain_every and batches_behind >= policy.retrain_every:
+        reasons.append(f"scheduled: champion {batches_behind} batch(es) behind (every {policy.retrain_every})")
     if drift_share >= policy.retrain_drift_share:
         reasons.append(f"drift share {drift_share:.3f} >= {policy.retrain_drift_share}")
     if auc_before is not None and baseline_auc is not None:
@@ -146,6 +174,8 @@ def decide_retraining(
     if reasons:
         return Trigger(True, "; ".join(reasons))
     detail = f"drift share {drift_share:.3f} < {policy.retrain_drift_share}"
+    if policy.retrain_every:
+        detail = f"champion {batches_behind} batch(es) behind (< {policy.retrain_every}); {detail}"
     if auc_before is None or baseline_auc is None:
         detail += "; AUC drop not measurable"
     else:
@@ -153,17 +183,34 @@ def decide_retraining(
     return Trigger(False, detail)
 
 
-def training_window(initial: Mapping[str, pd.DataFrame], seen: list[pd.DataFrame], window: Window) -> pd.DataFrame:
+def training_window(
+    initial: Mapping[str, pd.DataFrame],
+    seen: list[pd.DataFrame],
+    window: Window,
+    half_life: float | None = None,
+) -> pd.DataFrame:
     """The rows a retrain may use: ``all`` (initial window + every batch so far) or the last ``window`` batches.
 
-    ``seen`` holds the batches that arrived so far in time order, the newest last.
+    ``seen`` holds the batches that arrived so far in time order, the newest last. With a ``half_life`` (in
+    batches) every row gets a recency weight in :data:`SAMPLE_WEIGHT_COLUMN`: ``0.5 ** (age / half_life)``, where
+    the newest batch has age 0, the one before it age 1, and the initial window the age of the oldest batch + 1.
+    Fitting and validation then follow the recent population while still learning from all of it.
     """
     if not seen:
         raise ValueError("the training window needs at least the newest batch")
+    ages = list(range(len(seen) - 1, -1, -1))
+    parts = list(seen)
     if window == "all":
-        parts = [*(initial[name] for name in INITIAL_PARTS if name in initial), *seen]
+        initial_parts = [initial[name] for name in INITIAL_PARTS if name in initial]
+        parts = [*initial_parts, *parts]
+        ages = [len(seen)] * len(initial_parts) + ages
     else:
-        parts = seen[-window:]
+        parts, ages = parts[-window:], ages[-window:]
+    if half_life is not None:
+        parts = [
+            part.assign(**{SAMPLE_WEIGHT_COLUMN: 0.5 ** (age / half_life)})
+            for part, age in zip(parts, ages, strict=True)
+        ]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -425,6 +472,7 @@ def improve(
     experiment_id = ensure_experiment(settings, policy.experiment)
     seen: list[pd.DataFrame] = []
     decisions: list[BatchDecision] = []
+    behind = 0  # labelled batches the champion has not been trained on
     for index, name in enumerate(names):
         frame = read_batch(reader, name)
         injected = None
@@ -442,7 +490,10 @@ def improve(
         )
         baseline = champion_test_auc(champion)
         seen.append(frame)
-        trigger = decide_retraining(drift.drift_share, auc_before, baseline, policy, is_forced(name, options.force))
+        behind += 1
+        trigger = decide_retraining(
+            drift.drift_share, auc_before, baseline, policy, is_forced(name, options.force), batches_behind=behind
+        )
         record = BatchDecision(
             batch=name, rows=len(frame), decision="keep", reason=trigger.reason, champion_before=str(champion.version),
             champion_after=str(champion.version), drift_share=drift.drift_share, dataset_drift=drift.dataset_drift,
@@ -451,9 +502,10 @@ def improve(
         )  # fmt: skip
         log.info("%s: share %.3f, AUC %s → %s", name, drift.drift_share, auc_before, trigger.reason)
         if trigger.retrain:
-            window = training_window(initial, seen, policy.training_window)
+            window = training_window(initial, seen, policy.training_window, policy.recency_half_life)
             frames = holdout_split(window, frame, policy.holdout_fraction, settings.data.val_fraction, options.seed)
-            training = train_models(settings, frames=frames, run_name=f"improve-{name}")
+            incumbent = {champion.family: champion.params} if champion.family and champion.params else None
+            training = train_models(settings, frames=frames, run_name=f"improve-{name}", start_from=incumbent)
             record = replace(
                 record, training_run_id=training.parent_run_id, challenger_version=training.registered_version,
                 training_rows=len(frames["train"]) + len(frames["val"]), holdout_rows=len(frames["test"]),
@@ -474,6 +526,7 @@ def improve(
                             f"gate passed version {record.challenger_version} but {CHAMPION!r} is v{champion.version}"
                         )
                     reference = frames["train"]
+                    behind = 0
                     record = replace(record, champion_after=str(champion.version))
         run_id = log_decision(settings, experiment_id, record, drift)
         decisions.append(replace(record, run_id=run_id))

@@ -77,6 +77,21 @@ def configure_tracking(settings: Settings) -> MlflowClient:
     return MlflowClient()
 
 
+def configure_model_source(settings: Settings, uri: str) -> None:
+    """What loading ``uri`` needs from MLflow and nothing more (the prediction service calls this, not
+    :func:`configure_tracking`): the tracking and registry URIs for ``models:/`` and ``runs:/`` URIs, no experiment
+    created or selected; a model folder needs no tracking store at all.
+    """
+    if not uri.startswith(("models:/", "runs:/")):
+        return
+    check_tracking_server(settings.tracking.tracking_uri)
+    if settings.tracking.tracking_uri.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking.tracking_uri)
+    if settings.tracking.registry_uri:
+        mlflow.set_registry_uri(settings.tracking.registry_uri)
+
+
 def ensure_experiment(settings: Settings, name: str) -> str:
     """The experiment id, creating it with artifacts under ``HEALTHPREDICT_HOME`` for embedded tracking."""
     experiment = mlflow.get_experiment_by_name(name)
@@ -155,6 +170,7 @@ class LoadedModel:
     run_id: str | None = None
     family: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the search configuration it was refit with
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.pipeline.predict_proba(model_inputs(frame))[:, 1])
@@ -214,6 +230,7 @@ def load_model(uri: str) -> LoadedModel:
         run_id=run_id or info.run_id,
         family=metadata.get("family"),
         metrics={k: float(v) for k, v in (metadata.get("metrics") or {}).items()},
+        params=dict(metadata.get("params") or {}),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import mlflow
 import pandas as pd
 
 from healthpredict.evaluate import Evaluation, choose_threshold, evaluate_model, evaluation_figures
-from healthpredict.features import model_inputs
+from healthpredict.features import SAMPLE_WEIGHT_COLUMN, model_inputs, sample_weights
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import (
     configure_tracking,
@@ -101,14 +102,16 @@ def refit_and_evaluate(
     pipeline = build_pipeline(
         family, search.best.params, seed=training.seed, n_jobs=os.cpu_count() or 1, xgb_device=training.xgb_device
     )
-    pipeline.fit(model_inputs(train), train[TARGET_COLUMN])
+    weights = sample_weights(train)  # recency weights of continuous improvement, when the window carries them
+    fit_params = {} if weights is None else {"model__sample_weight": weights}
+    pipeline.fit(model_inputs(train), train[TARGET_COLUMN], **fit_params)
     if family == "xgboost":
         pipeline.named_steps["model"].set_params(device="cpu")  # served on CPU whatever trained it
     val_scores = pipeline.predict_proba(model_inputs(val))[:, 1]
     threshold = choose_threshold(val[TARGET_COLUMN].to_numpy(), val_scores, training.threshold_metric)
     from sklearn.metrics import roc_auc_score
 
-    val_auc = float(roc_auc_score(val[TARGET_COLUMN], val_scores))
+    val_auc = float(roc_auc_score(val[TARGET_COLUMN], val_scores, sample_weight=sample_weights(val)))
     test_scores = pipeline.predict_proba(model_inputs(test))[:, 1]
     evaluation = evaluate_model(
         test[TARGET_COLUMN].to_numpy(), test_scores, threshold, test["patient_nbr"].to_numpy(),
@@ -136,11 +139,15 @@ def refit_and_evaluate(
 
 
 def train_models(
-    settings: Settings, frames: dict[str, pd.DataFrame] | None = None, run_name: str | None = None
+    settings: Settings,
+    frames: dict[str, pd.DataFrame] | None = None,
+    run_name: str | None = None,
+    start_from: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> TrainingResult:
     """The ``healthpredict train`` command: search → refit → evaluate → register the challenger.
 
-    ``frames`` (train/val/test) defaults to the current split; continuous improvement passes its own window.
+    ``frames`` (train/val/test) defaults to the current split; continuous improvement passes its own window, and
+    ``start_from`` (family → configuration, e.g. the champion's) as the first trial of that family's search.
     """
     started = time.monotonic()
     reader = SplitReader(settings)
@@ -162,6 +169,8 @@ def train_models(
                 "seed": training.seed, "target": settings.data.target, "threshold_metric": training.threshold_metric,
                 "train_rows": len(frames["train"]), "val_rows": len(frames["val"]), "test_rows": len(frames["test"]),
                 "ray_address": training.ray_address or "local",
+                "sample_weighted": SAMPLE_WEIGHT_COLUMN in frames["train"].columns,
+                "start_from": ",".join(sorted(start_from or {})) or "none",
             }
         )  # fmt: skip
         skipped: list[str] = []
@@ -173,7 +182,7 @@ def train_models(
                 data = encode_for_search(frames["train"], frames["val"], family)
                 log.info("searching %s: %d trials, %.0f s budget", family, training.trials_per_family, budget)
                 try:
-                    search = run_search(family, data, settings, budget, storage)
+                    search = run_search(family, data, settings, budget, storage, (start_from or {}).get(family))
                 except NoTrialResults as exc:
                     log.warning("%s skipped: %s", family, exc)
                     skipped.append(family)

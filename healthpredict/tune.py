@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from healthpredict.features import FeatureEngineer, build_preprocessor, model_inputs
+from healthpredict.features import FeatureEngineer, build_preprocessor, model_inputs, sample_weights
 from healthpredict.modeling import (
     RF_TREES_PER_REPORT,
     XGB_ROUNDS_PER_REPORT,
@@ -83,6 +83,12 @@ class EncodedData:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
+    w_train: np.ndarray | None = None  # sample weights (recency); None: every row weighs 1
+    w_val: np.ndarray | None = None
+
+    def val_auc(self, scores: np.ndarray) -> float:
+        """Validation ROC-AUC, weighted like the training rows when they carry weights."""
+        return float(roc_auc_score(self.y_val, scores, sample_weight=self.w_val))
 
 
 def encode_for_search(train: pd.DataFrame, val: pd.DataFrame, family: Family) -> EncodedData:
@@ -90,7 +96,10 @@ def encode_for_search(train: pd.DataFrame, val: pd.DataFrame, family: Family) ->
     encoder = Pipeline([("features", FeatureEngineer()), ("encode", build_preprocessor(scales_numeric(family)))])
     x_train = encoder.fit_transform(model_inputs(train)).astype(np.float32)
     x_val = encoder.transform(model_inputs(val)).astype(np.float32)
-    return EncodedData(x_train, train[TARGET_COLUMN].to_numpy(), x_val, val[TARGET_COLUMN].to_numpy())
+    return EncodedData(
+        x_train, train[TARGET_COLUMN].to_numpy(), x_val, val[TARGET_COLUMN].to_numpy(),
+        w_train=sample_weights(train), w_val=sample_weights(val),
+    )  # fmt: skip
 
 
 def _trial(config: dict[str, Any], data: EncodedData, family: Family, seed: int, xgb_device: str) -> None:
@@ -106,25 +115,23 @@ def _trial(config: dict[str, Any], data: EncodedData, family: Family, seed: int,
                 rounds = epoch + 1
                 if rounds % XGB_ROUNDS_PER_REPORT == 0 or rounds == int(params["n_estimators"]):
                     scores = model.inplace_predict(data.x_val, iteration_range=(0, rounds))
-                    tune.report(
-                        {METRIC: float(roc_auc_score(data.y_val, scores)), "rounds": rounds, "node_id": node_id}
-                    )
+                    tune.report({METRIC: data.val_auc(scores), "rounds": rounds, "node_id": node_id})
                 return False
 
         estimator.set_params(callbacks=[ReportEveryChunk()], eval_metric=None)
-        estimator.fit(data.x_train, data.y_train)
+        estimator.fit(data.x_train, data.y_train, sample_weight=data.w_train)
     elif family == "random_forest":
         target = int(params["n_estimators"])
         estimator.set_params(warm_start=True)
         for trees in range(RF_TREES_PER_REPORT, target + 1, RF_TREES_PER_REPORT):
             estimator.set_params(n_estimators=trees)
-            estimator.fit(data.x_train, data.y_train)
+            estimator.fit(data.x_train, data.y_train, sample_weight=data.w_train)
             scores = estimator.predict_proba(data.x_val)[:, 1]
-            tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "trees": trees, "node_id": node_id})
+            tune.report({METRIC: data.val_auc(scores), "trees": trees, "node_id": node_id})
     else:
-        estimator.fit(data.x_train, data.y_train)
+        estimator.fit(data.x_train, data.y_train, sample_weight=data.w_train)
         scores = estimator.predict_proba(data.x_val)[:, 1]
-        tune.report({METRIC: float(roc_auc_score(data.y_val, scores)), "node_id": node_id})
+        tune.report({METRIC: data.val_auc(scores), "node_id": node_id})
 
 
 def _expected_reports(family: Family, params: dict[str, Any]) -> int:
@@ -159,12 +166,23 @@ def run_search(
     settings: Settings,
     time_budget_s: float,
     storage: Path,
+    start_from: Mapping[str, Any] | None = None,
 ) -> SearchResult:
-    """Search one family within its trial and time budget; Ray must already be initialised."""
+    """Search one family within its trial and time budget; Ray must already be initialised.
+
+    ``start_from`` (e.g. the champion's configuration when retraining) is evaluated as the first trial, so the
+    search can only add to the incumbent refit on the new data; it is ignored unless it names exactly the
+    family's search-space parameters.
+    """
     training = settings.training
     started = time.monotonic()
+    space = search_space(family)
+    points = [dict(start_from)] if start_from and set(start_from) == set(space) else None
+    if start_from and points is None:
+        log.warning("%s: start configuration %s does not match the search space; ignored", family, sorted(start_from))
     searcher = ConcurrencyLimiter(
-        OptunaSearch(metric=METRIC, mode="max", seed=training.seed), max_concurrent=training.max_concurrent
+        OptunaSearch(metric=METRIC, mode="max", seed=training.seed, points_to_evaluate=points),
+        max_concurrent=training.max_concurrent,
     )
     horizon = max_reports(family)
     scheduler = ASHAScheduler(
@@ -179,7 +197,7 @@ def run_search(
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(family),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",

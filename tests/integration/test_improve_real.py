@@ -32,8 +32,8 @@ from healthpredict.split import SPLIT_DIR, SplitReader
 
 pytestmark = pytest.mark.integration
 
-# batch_01 must stay "keep" (drift share 0.15 on the real data, see docs/DRIFT.md); batch_02 is forced.
-POLICY = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.2, experiment="improve-test")
+# batch_01 must stay "keep" (drift share 0.15 on the real data, see docs/DRIFT.md; no schedule); batch_02 is forced.
+POLICY = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.2, retrain_every=0, experiment="improve-test")
 
 
 async def _artifact(key: str) -> str:
@@ -67,12 +67,13 @@ def register_initial_champion(settings: Settings) -> str:
     """A small logistic regression on the initial window, with its test AUC in the metadata as training puts it."""
     reader = SplitReader(settings)
     train, test = reader.read("train"), reader.read("test")
-    pipeline = build_pipeline("logreg", {"C": 0.05}, seed=0).fit(model_inputs(train), train[TARGET_COLUMN])
+    params = {"C": 0.05, "class_weight": "none"}
+    pipeline = build_pipeline("logreg", params, seed=0).fit(model_inputs(train), train[TARGET_COLUMN])
     scores = pipeline.predict_proba(model_inputs(test))[:, 1]
     evaluation = evaluate_model(test[TARGET_COLUMN].to_numpy(), scores, 0.5, test["patient_nbr"].to_numpy(), 20, 0)
     configure_tracking(settings)
     with mlflow.start_run(run_name="initial-champion"):
-        info = log_pipeline(pipeline, train.head(50), {"threshold": 0.5, "family": "logreg",
+        info = log_pipeline(pipeline, train.head(50), {"threshold": 0.5, "family": "logreg", "params": params,
                                                        "metrics": evaluation.as_metrics()})  # fmt: skip
     version = str(register_challenger(settings, info.model_uri, {"source": "improve-test"}).version)
     set_champion(settings, version)
@@ -114,6 +115,8 @@ def test_forced_retrain_deploys_and_records_every_decision(
     training_params = client.get_run(second.training_run_id or "").data.params
     assert int(training_params["test_rows"]) == second.holdout_rows
     assert int(training_params["train_rows"]) + int(training_params["val_rows"]) == second.training_rows
+    assert training_params["sample_weighted"] == "True"  # recency weights (default half-life 1 batch) reached the fit
+    assert training_params["start_from"] == "logreg"  # the search began with the champion's configuration
 
     # leakage-free scoring: both batches were scored by the initial champion, before any training on them
     artifacts = Path(settings.data.artifact_uri)
@@ -152,6 +155,7 @@ def policy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The flow reads its policy from the environment: the same one as :data:`POLICY`."""
     monkeypatch.setenv("HEALTHPREDICT_RETRAIN_DRIFT_SHARE", str(POLICY.retrain_drift_share))
     monkeypatch.setenv("HEALTHPREDICT_RETRAIN_AUC_DROP", str(POLICY.retrain_auc_drop))
+    monkeypatch.setenv("HEALTHPREDICT_RETRAIN_EVERY", str(POLICY.retrain_every))
     monkeypatch.setenv("HEALTHPREDICT_IMPROVEMENT_EXPERIMENT", POLICY.experiment)
 
 

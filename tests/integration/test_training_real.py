@@ -126,9 +126,15 @@ def test_same_seed_same_chosen_hyperparameters(real_split_home: Path, tmp_path: 
     )
     reader = SplitReader(settings)
     data = encode_for_search(reader.read("train"), reader.read("val"), "logreg")
+    incumbent = {"C": 0.0123, "class_weight": "balanced"}
     with ray_session(settings):
         first = run_search("logreg", data, settings, 120, tmp_path / "ray")
         second = run_search("logreg", data, settings, 120, tmp_path / "ray")
+        seeded = run_search("logreg", data, settings, 120, tmp_path / "ray", start_from=incumbent)
     assert len(first.trials) == len(second.trials) == 4
     assert [t.params for t in first.trials] == [t.params for t in second.trials]
     assert first.best.params == second.best.params and first.best.val_auc == second.best.val_auc
+    # a retrain's search evaluates the incumbent configuration first, then searches as usual
+    ordered = sorted(seeded.trials, key=lambda t: t.order)
+    assert len(ordered) == 4 and ordered[0].params == incumbent
+    assert all(t.params != incumbent for t in ordered[1:])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import raw_frame
 
+from healthpredict.features import SAMPLE_WEIGHT_COLUMN, sample_weights
 from healthpredict.improve import (
     BatchDecision,
     ImprovementSettings,
@@ -15,6 +17,7 @@ from healthpredict.improve import (
     holdout_split,
     improvement_settings_from_env,
     is_forced,
+    parse_half_life,
     parse_window,
     plot_simulation,
     training_window,
@@ -51,6 +54,16 @@ def test_forced_retrains_whatever_the_numbers_and_reasons_accumulate() -> None:
     assert trigger.reason.split("; ")[0] == "forced" and len(trigger.reason.split("; ")) == 3
 
 
+def test_schedule_retrains_once_the_champion_is_enough_batches_behind() -> None:
+    every_two = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.02, retrain_every=2)
+    waiting = decide_retraining(0.1, auc_before=0.67, baseline_auc=0.67, policy=every_two, batches_behind=1)
+    assert not waiting.retrain and waiting.reason.startswith("champion 1 batch(es) behind (< 2)")
+    due = decide_retraining(0.1, auc_before=0.67, baseline_auc=0.67, policy=every_two, batches_behind=2)
+    assert due.retrain and due.reason == "scheduled: champion 2 batch(es) behind (every 2)"
+    off = replace(every_two, retrain_every=0)
+    assert not decide_retraining(0.1, auc_before=0.67, baseline_auc=0.67, policy=off, batches_behind=50).retrain
+
+
 def test_unmeasurable_auc_cannot_trigger() -> None:
     trigger = decide_retraining(0.1, auc_before=None, baseline_auc=0.7, policy=POLICY)
     assert not trigger.retrain and "not measurable" in trigger.reason
@@ -63,6 +76,10 @@ def test_thresholds_and_window_from_env() -> None:
          "HEALTHPREDICT_TRAINING_WINDOW": "3"}
     )  # fmt: skip
     assert (policy.retrain_drift_share, policy.retrain_auc_drop, policy.training_window) == (0.5, 0.05, 3)
+    assert policy.retrain_every == 1  # default: retrain on every labelled batch the champion has not seen
+    assert improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_EVERY": "0"}).retrain_every == 0
+    with pytest.raises(SettingsError, match="HEALTHPREDICT_RETRAIN_EVERY"):
+        improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_EVERY": "-1"})
     assert improvement_settings_from_env({}) == ImprovementSettings()
     with pytest.raises(SettingsError, match="HEALTHPREDICT_RETRAIN_DRIFT_SHARE"):
         improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_DRIFT_SHARE": "1.5"})
@@ -93,6 +110,36 @@ def test_window_last_n_takes_only_the_newest_batches() -> None:
     assert training_window(initial, batches[:1], 5)["part"].unique().tolist() == ["batch_01"]  # fewer than N so far
     with pytest.raises(ValueError, match="newest batch"):
         training_window(initial, [], "all")
+
+
+def test_recency_weights_halve_per_half_life_back_from_the_newest_batch() -> None:
+    initial, batches = _parts()
+    window = training_window(initial, batches[:3], "all", half_life=1.0)
+    by_part = window.groupby("part", sort=False)[SAMPLE_WEIGHT_COLUMN].unique().map(list).to_dict()
+    assert by_part == {"train": [0.125], "val": [0.125], "test": [0.125], "batch_01": [0.25], "batch_02": [0.5],
+                       "batch_03": [1.0]}  # fmt: skip
+    slower = training_window(initial, batches[:3], 2, half_life=2.0)
+    assert slower[SAMPLE_WEIGHT_COLUMN].unique().tolist() == [pytest.approx(0.5**0.5), 1.0]
+    assert SAMPLE_WEIGHT_COLUMN not in training_window(initial, batches[:3], "all").columns  # unweighted
+    assert sample_weights(window) is not None and sample_weights(batches[0]) is None
+
+
+def test_sample_weights_must_be_positive_and_finite() -> None:
+    frame = raw_frame(3, seed=0)
+    for bad in ([1.0, 0.0, 1.0], [1.0, float("nan"), 1.0], [1.0, -2.0, 1.0]):
+        with pytest.raises(ValueError, match=SAMPLE_WEIGHT_COLUMN):
+            sample_weights(frame.assign(**{SAMPLE_WEIGHT_COLUMN: bad}))
+
+
+def test_half_life_setting() -> None:
+    assert ImprovementSettings().recency_half_life == 1.0
+    assert improvement_settings_from_env({"HEALTHPREDICT_RECENCY_HALF_LIFE": "2.5"}).recency_half_life == 2.5
+    for off in ("none", "OFF", "0"):
+        assert improvement_settings_from_env({"HEALTHPREDICT_RECENCY_HALF_LIFE": off}).recency_half_life is None
+    assert parse_half_life(None, 1.0) == 1.0
+    for bad in ("-1", "soon", "inf"):
+        with pytest.raises(SettingsError, match="HEALTHPREDICT_RECENCY_HALF_LIFE"):
+            parse_half_life(bad, 1.0)
 
 
 def test_holdout_is_a_patient_disjoint_slice_of_the_newest_batch() -> None:
