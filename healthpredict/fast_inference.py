@@ -19,6 +19,7 @@ service runs it at every load and falls back to an exact runtime when the differ
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -54,8 +55,11 @@ _BATCH_PREFERENCE = {"XGBClassifier": "xgboost-inplace"}
 ICD9_CACHE_LIMIT = 50_000
 
 _POSITION = {column: i for i, column in enumerate(MODEL_INPUT_COLUMNS)}
-_COUNT_POSITIONS = tuple((column, _POSITION[column]) for column in COUNT_COLUMNS)
 _MED_POSITIONS = tuple(_POSITION[column] for column in MEDICATION_COLUMNS)
+_AGE_POSITION = _POSITION["age"]
+_PRIOR_POSITIONS = tuple(_POSITION[c] for c in ("number_outpatient", "number_emergency", "number_inpatient"))
+#: Numeric features computed from several inputs (as in ``engineer_features``), beside the counts themselves.
+_DERIVED_FEATURES = ("age_ordinal", "n_meds_changed", "n_meds_active", "prior_visits")
 
 
 class _AgeOrdinal(dict[Any, float]):
@@ -162,8 +166,17 @@ class FeatureEncoder:
         absent = [med for med in MEDICATION_COLUMNS if med not in self._med_tables]
         if absent:
             raise CompileError(f"medication(s) {absent} are not one-hot encoded by the pipeline")
-        # Plans for the one-row path: positions and look-ups resolved once.
-        self._numeric_columns = [out for _, out, _, _ in self._numeric]
+        # Plans for the one-row path: positions, look-ups and scaling resolved once.
+        typecode = {np.dtype(np.float32): "f", np.dtype(np.float64): "d"}.get(np.dtype(dtype))
+        if typecode is None:
+            raise CompileError(f"encoder dtype {np.dtype(dtype)} is neither float32 nor float64")
+        self._zero_row: array.array[float] = array.array(typecode, bytes(self.n_features * np.dtype(dtype).itemsize))
+        numeric = {feature: (out, mean, scale) for feature, out, mean, scale in self._numeric}
+        self._count_plan = [(_POSITION[c], *numeric[c]) for c in COUNT_COLUMNS if c in numeric]
+        self._derived_plan = {name: numeric.get(name) for name in _DERIVED_FEATURES}
+        underived = set(numeric) - set(COUNT_COLUMNS) - set(_DERIVED_FEATURES)
+        if underived:
+            raise CompileError(f"no rule derives numeric feature(s) {sorted(underived)}")
         self._plain_plan: list[tuple[int, _Lookup]] = []
         self._diag_plan: list[tuple[int, _Lookup]] = []
         for feature, lookup in self._onehot:
@@ -173,7 +186,11 @@ class FeatureEncoder:
                 self._plain_plan.append((_POSITION[feature], lookup))
             else:
                 raise CompileError(f"no rule derives categorical feature {feature!r}")
-        self._med_plan = [self._med_tables[med].tolist() for med in MEDICATION_COLUMNS]
+        # raw ICD-9 code → output column, per diagnosis (bounded like the group cache)
+        self._diag_tables: list[dict[Any, int]] = [{} for _ in self._diag_plan]
+        self._med_plan = [
+            (p, self._med_tables[med].tolist()) for p, med in zip(_MED_POSITIONS, MEDICATION_COLUMNS, strict=True)
+        ]
 
     @staticmethod
     def _lookup(feature: str, categories: list[str], offset: int) -> _Lookup:
@@ -198,12 +215,18 @@ class FeatureEncoder:
                 cache.update(computed)
         return [cache[code] if code in cache else computed[code] for code in codes]
 
-    def _raw_values(self, feature: str, columns: Sequence[Sequence[Any]]) -> Sequence[Any]:
-        if feature.endswith("_group") and (diag := feature.removesuffix("_group")) in DIAG_COLUMNS:
-            return self._icd9_groups(columns[_POSITION[diag]])
-        if feature not in _POSITION:
-            raise CompileError(f"no rule derives categorical feature {feature!r}")
-        return columns[_POSITION[feature]]
+    def _diag_columns(self, k: int, codes: Sequence[Any]) -> np.ndarray:
+        """Output column of each raw ICD-9 code of diagnosis plan ``k``: one look-up per code once it is known."""
+        _, lookup = self._diag_plan[k]
+        table = self._diag_tables[k]
+        new = [code for code in set(codes) if code not in table]
+        if new:
+            found = {code: lookup[group] for code, group in zip(new, self._icd9_groups(new), strict=True)}
+            if len(table) + len(found) <= ICD9_CACHE_LIMIT:
+                table.update(found)
+            else:  # a full table answers this call from a private copy and stays as it is
+                table = {**table, **found}
+        return np.fromiter(map(table.__getitem__, codes), np.intp, len(codes))
 
     def encode_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
         """Encode rows whose first values follow :data:`MODEL_INPUT_COLUMNS` (extra trailing values are ignored).
@@ -232,36 +255,55 @@ class FeatureEncoder:
             if (mean, scale) != (0.0, 1.0):
                 value = (value - mean) / scale
             matrix[:, out] = value
-        hot = np.empty((n, len(self._onehot) + len(MEDICATION_COLUMNS)), dtype=np.intp)
-        for j, (feature, lookup) in enumerate(self._onehot):
-            hot[:, j] = np.fromiter(map(lookup.__getitem__, self._raw_values(feature, columns)), np.intp, n)
+        plain, diags = len(self._plain_plan), len(self._diag_plan)
+        hot = np.empty((n, plain + diags + len(MEDICATION_COLUMNS)), dtype=np.intp)
+        for j, (p, lookup) in enumerate(self._plain_plan):
+            hot[:, j] = np.fromiter(map(lookup.__getitem__, columns[p]), np.intp, n)
+        for k, (p, _) in enumerate(self._diag_plan):
+            hot[:, plain + k] = self._diag_columns(k, columns[p])
         for j, med in enumerate(MEDICATION_COLUMNS):
-            hot[:, len(self._onehot) + j] = self._med_tables[med][med_codes[:, j]]
-        rows_index = np.broadcast_to(np.arange(n)[:, None], hot.shape)
-        known = hot >= 0
-        matrix[rows_index[known], hot[known]] = 1
+            hot[:, plain + diags + j] = self._med_tables[med][med_codes[:, j]]
+        flat = hot + (np.arange(n) * self.n_features)[:, None]  # positions in the row-major matrix
+        matrix.reshape(-1)[flat[hot >= 0]] = 1
         return matrix
 
     def _encode_one(self, row: Sequence[Any]) -> np.ndarray:
-        """The same encoding for one row in plain Python: a single request pays no per-column numpy calls."""
-        values = {c: float(row[p]) for c, p in _COUNT_POSITIONS}
-        values["age_ordinal"] = _AGE_ORDINAL[row[_POSITION["age"]]]
-        med_codes = self._med_codes
-        codes = [med_codes[row[p]] for p in _MED_POSITIONS]
-        values["n_meds_changed"] = float(sum(map(_MED_CHANGED_FLAGS.__getitem__, codes)))
-        values["n_meds_active"] = float(sum(map(_MED_ACTIVE_FLAGS.__getitem__, codes)))
-        values["prior_visits"] = values["number_outpatient"] + values["number_emergency"] + values["number_inpatient"]
-        matrix = np.zeros((1, self.n_features), dtype=self.dtype)
-        matrix[0, self._numeric_columns] = [(values[f] - mean) / scale for f, _, mean, scale in self._numeric]
-        hot = [lookup[row[p]] for p, lookup in self._plain_plan]
-        hot += [lookup[self._icd9_one(row[p])] for p, lookup in self._diag_plan]
-        hot += [table[code] for table, code in zip(self._med_plan, codes, strict=True)]
-        matrix[0, [col for col in hot if col >= 0]] = 1
-        return matrix
+        """The same encoding for one row in plain Python: a single request pays one numpy call, not dozens.
 
-    def _icd9_one(self, code: Any) -> str:
-        group = self._icd9_cache.get(code)
-        return group if group is not None else self._icd9_groups([code])[0]
+        Values are written into a flat ``array.array`` of the output dtype (the same C rounding as numpy's
+        float64 → float32 assignment) that numpy then views without copying.
+        """
+        vec = self._zero_row[:]
+        for p, out, mean, scale in self._count_plan:
+            vec[out] = (float(row[p]) - mean) / scale
+        derived = self._derived_plan
+        med_codes = self._med_codes
+        changed = active = 0
+        for p, table in self._med_plan:
+            code = med_codes[row[p]]
+            changed += _MED_CHANGED_FLAGS[code]
+            active += _MED_ACTIVE_FLAGS[code]
+            if (col := table[code]) >= 0:
+                vec[col] = 1.0
+        for p, lookup in self._plain_plan:
+            if (col := lookup[row[p]]) >= 0:
+                vec[col] = 1.0
+        for k, (p, _) in enumerate(self._diag_plan):
+            col = self._diag_tables[k].get(row[p])
+            if col is None:
+                col = int(self._diag_columns(k, (row[p],))[0])
+            if col >= 0:
+                vec[col] = 1.0
+        if (plan := derived["age_ordinal"]) is not None:
+            vec[plan[0]] = (_AGE_ORDINAL[row[_AGE_POSITION]] - plan[1]) / plan[2]
+        if (plan := derived["n_meds_changed"]) is not None:
+            vec[plan[0]] = (float(changed) - plan[1]) / plan[2]
+        if (plan := derived["n_meds_active"]) is not None:
+            vec[plan[0]] = (float(active) - plan[1]) / plan[2]
+        if (plan := derived["prior_visits"]) is not None:
+            visits = float(row[_PRIOR_POSITIONS[0]]) + float(row[_PRIOR_POSITIONS[1]]) + float(row[_PRIOR_POSITIONS[2]])
+            vec[plan[0]] = (visits - plan[1]) / plan[2]
+        return np.frombuffer(vec, dtype=self.dtype).reshape(1, self.n_features)
 
     def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.encode_rows(_as_row_values(frame))

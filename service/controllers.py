@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import anyio
 import msgspec
+import numpy as np
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
@@ -34,6 +36,7 @@ from service.metrics import ServiceMetrics
 from service.model_manager import ModelManager, ServedModel, describe
 from service.schemas import (
     BATCH_DECODER,
+    RECORD_COLUMNS,
     RECORD_DECODER,
     BatchRequest,
     BatchResponse,
@@ -48,6 +51,7 @@ from service.schemas import (
     request_body_schema,
 )
 
+_DISCHARGE = itemgetter(RECORD_COLUMNS.index("discharge_disposition_id"))
 # Batches larger than this are predicted in a worker thread so the event loop keeps answering health checks.
 THREAD_OFFLOAD_ROWS = 512
 _AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -183,9 +187,9 @@ class PredictionController(Controller):
                 f"batch has {len(records)} records; the limit is {limit} (HEALTHPREDICT_MAX_BATCH_RECORDS)",
                 [FieldError(field="records", message=f"at most {limit} records")],
             )
-        rows = [msgspec.structs.astuple(r) for r in records]
-        outside = [i for i, r in enumerate(records) if is_out_of_scope(r.discharge_disposition_id)]
-        if outside:
+        rows = list(map(msgspec.structs.astuple, records))
+        if not EXCLUDED_DISCHARGE_IDS.isdisjoint(map(_DISCHARGE, rows)):
+            outside = [i for i, r in enumerate(records) if is_out_of_scope(r.discharge_disposition_id)]
             errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
             raise RequestRejected(
                 HTTP_422_UNPROCESSABLE_ENTITY,
@@ -198,11 +202,9 @@ class PredictionController(Controller):
             probabilities = await anyio.to_thread.run_sync(served.predict_rows, rows)
         else:
             probabilities = served.predict_rows(rows)
-        labels = (probabilities >= served.threshold).tolist()
+        labels = (probabilities >= served.threshold).astype(np.int64).tolist()
         state.metrics.count_labels(sum(labels), len(labels))
-        predictions = [
-            Prediction(probability=p, label=int(y)) for p, y in zip(probabilities.tolist(), labels, strict=True)
-        ]
+        predictions = list(map(Prediction, probabilities.tolist(), labels))
         return BatchResponse(predictions=predictions, model_version=served.version)
 
     @get("/model", summary="The served model, its metrics, and the last reload error")

@@ -1,27 +1,76 @@
-"""Prometheus metrics in an app-owned registry (two apps in one process never share counters)."""
+"""Prometheus metrics in an app-owned registry (two apps in one process never share counters).
+
+Per-request HTTP metrics are kept by :class:`HttpMetrics` as plain numbers, updated only on the event loop, and
+turned into Prometheus families when scraped: the request path pays for a dict look-up and three additions
+instead of four locked client-library updates (measured ≈ 8 µs per request for the previous middleware).
+"""
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LABELS = ["route", "method", "status"]
+
+
+class _Series:
+    """One (route, method, status): request count, latency sum and per-bucket (non-cumulative) counts."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+
+
+class HttpMetrics(Collector):
+    """``healthpredict_http_requests_total`` and ``healthpredict_http_request_duration_seconds``."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str, int], _Series] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        series.count += 1
+        series.total += seconds
+        series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: a value on a bound counts in it
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "healthpredict_http_requests", "HTTP requests by route and status", labels=_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "healthpredict_http_request_duration_seconds", "HTTP request latency by route and status", labels=_LABELS
+        )
+        for (route, method, status), series in list(self._series.items()):
+            labels = [route, method, str(status)]
+            requests.add_metric(labels, series.count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), series.buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric(labels, buckets, series.total)
+        yield requests
+        yield latency
 
 
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "healthpredict_http_requests", "HTTP requests by route and status", ["route", "method", "status"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "healthpredict_http_request_duration_seconds", "HTTP request latency by route and status",
-            ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        self.http = HttpMetrics()
+        self.registry.register(self.http)
         self.predictions = Counter(
             "healthpredict_predictions", "Predictions answered, by predicted label", ["label"], registry=self.registry
         )
@@ -34,7 +83,6 @@ class ServiceMetrics:
             registry=self.registry,
         )  # fmt: skip
         self._label_counters = (self.predictions.labels(label="0"), self.predictions.labels(label="1"))
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def count_labels(self, positives: int, total: int) -> None:
         if total - positives:
@@ -62,18 +110,10 @@ class ServiceMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def _observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            labels = {"route": route, "method": method, "status": str(status)}
-            children = (self.requests.labels(**labels), self.latency.labels(**labels))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
-
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """ASGI middleware timing each routed request; labels use the route template, never the raw path."""
+
+        observe = self.http.observe
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
@@ -92,6 +132,6 @@ class ServiceMetrics:
                 await app(scope, receive, send_wrapper)
             finally:
                 route = scope.get("path_template") or "unmatched"
-                self._observe(route, scope["method"], status, time.perf_counter() - start)
+                observe(route, scope["method"], status, time.perf_counter() - start)
 
         return timed

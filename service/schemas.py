@@ -106,7 +106,7 @@ class PredictResponse(Struct, kw_only=True):
     model_version: str
 
 
-class Prediction(Struct, kw_only=True, array_like=False):
+class Prediction(Struct, gc=False):  # numbers only: never tracked by the cyclic collector
     probability: Probability
     label: Label
 

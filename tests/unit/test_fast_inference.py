@@ -112,6 +112,7 @@ def test_icd9_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.Mo
     frame = pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS))
     assert max_difference(predictor, pipelines["xgboost"], frame) <= fast_inference.TOLERANCE
     assert len(predictor.encoder._icd9_cache) <= 5
+    assert all(len(table) <= 5 for table in predictor.encoder._diag_tables)
 
 
 def test_unsupported_pipelines_are_refused(pipelines: dict[str, Any]) -> None:

@@ -423,3 +423,42 @@ def test_fuzz_never_answers_5xx(client: TestClient[Any], body: Any) -> None:
 def test_fuzz_raw_bytes_never_answer_5xx(client: TestClient[Any], raw: bytes) -> None:
     response = client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
     assert response.status_code in (400, 422)
+
+
+def test_http_metrics_histogram_is_cumulative_with_inclusive_bounds() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from service.metrics import LATENCY_BUCKETS, HttpMetrics
+
+    http = HttpMetrics()
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(http)
+    for seconds in (0.0002, 0.001, 0.003, 7.0):  # 0.001 lies on a bound: it counts in le="0.001"
+        http.observe("/v1/predict", "POST", 200, seconds)
+    http.observe("/v1/predict", "POST", 422, 0.0004)
+    text = generate_latest(registry).decode()
+    labels = 'method="POST",route="/v1/predict",status="200"'
+    assert _sample(text, f"healthpredict_http_requests_total{{{labels}}}") == 4
+    assert _sample(text, 'healthpredict_http_requests_total{method="POST",route="/v1/predict",status="422"}') == 1
+    expected = {"0.0005": 1, "0.001": 2, "0.0025": 2, "0.005": 3, "2.5": 3, "5.0": 3, "+Inf": 4}
+    for bound, count in expected.items():
+        assert _sample(text, f'healthpredict_http_request_duration_seconds_bucket{{le="{bound}",{labels}}}') == count
+    assert _sample(text, f"healthpredict_http_request_duration_seconds_count{{{labels}}}") == 4
+    assert _sample(text, f"healthpredict_http_request_duration_seconds_sum{{{labels}}}") == pytest.approx(7.0042)
+    assert len(LATENCY_BUCKETS) == 13
+
+
+def test_service_touches_mlflow_only_for_registry_uris(tmp_path: Path) -> None:
+    import mlflow
+
+    from healthpredict.registry import configure_model_source
+    from healthpredict.settings import Settings
+
+    settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path / "home")})
+    mlflow.set_tracking_uri("file:///nowhere-a-folder-model-needs")
+    configure_model_source(settings, str(tmp_path / "model"))  # a model folder: no tracking store at all
+    assert mlflow.get_tracking_uri() == "file:///nowhere-a-folder-model-needs"
+    assert not (tmp_path / "home").exists()
+    configure_model_source(settings, "models:/health-predict@champion")
+    assert mlflow.get_tracking_uri() == settings.tracking.tracking_uri
+    assert mlflow.get_experiment_by_name(settings.tracking.experiment) is None  # nothing created by a reader
