@@ -1,13 +1,14 @@
-# HealthPredict container images.
+# The prediction service image (what `healthpredict deploy` builds and every deployment target runs):
 #
-#   docker build -t healthpredict-service:<model version>-<git sha> .            # prediction API (default)
-#   docker build --target mlflow-server -t healthpredict-mlflow:<tag> .           # MLflow tracking server
+#   docker build -t healthpredict-service:<model version>-<git sha> .
 #
-# PYTHON_IMAGE may point at a locally built/mirrored Python 3.11 image (offline builds).
+# It holds the serving dependencies only (docker/requirements-service.txt): the Prefect worker image with the
+# training stack is docker/worker/Dockerfile, the MLflow server image docker/mlflow/Dockerfile.
+# PYTHON_IMAGE may point at a locally built/mirrored Python 3.11 image (offline builds: docker/base-image.sh).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------------
-# builder: compilers allowed here only; produces a self-contained virtualenv in /opt/venv.
+# builder: produces a self-contained virtualenv in /opt/venv from binary wheels only.
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
@@ -15,46 +16,21 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
-
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --upgrade pip setuptools wheel
 
 WORKDIR /src
+# Dependencies first (a layer that survives code changes), then the project without re-resolving them.
+COPY docker/requirements-service.txt ./
+RUN pip install --only-binary=:all: -r requirements-service.txt
 # Only what the package build needs: no tests, data, .env or VCS metadata.
 COPY pyproject.toml README.md ./
 COPY healthpredict ./healthpredict
 COPY flows ./flows
 COPY service ./service
-RUN pip install .
-
-# ---------------------------------------------------------------------------------------------
-# mlflow-server: tracking server with the PostgreSQL driver and boto3 for S3/minio artifacts.
-# Used by docker-compose.yml (target: mlflow-server).
-# ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS mlflow-server
-
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONUNBUFFERED=1 \
-    PATH=/opt/venv/bin:$PATH
-
-RUN python -m venv /opt/venv \
-    && pip install "mlflow>=3.1,<4" "psycopg2-binary>=2.9" "boto3>=1.34" \
-    && groupadd --system --gid 10001 mlflow \
-    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/mlflow \
-       --shell /usr/sbin/nologin mlflow
-
-USER 10001:10001
-WORKDIR /home/mlflow
-EXPOSE 5000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:5000/health', timeout=4)"]
-ENTRYPOINT ["mlflow"]
-CMD ["server", "--host", "0.0.0.0", "--port", "5000"]
+# The service's import graph must be complete without the training stack: fail the build, not the pod.
+RUN pip install --no-deps . \
+    && python -c "import service.app, healthpredict.cli, healthpredict.fast_inference, onnxmltools, skl2onnx"
 
 # ---------------------------------------------------------------------------------------------
 # service (final, default target): runtime only. No compiler, no sources, non-root.
@@ -75,7 +51,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HEALTHPREDICT_HOME=/tmp/healthpredict \
-    MPLCONFIGDIR=/tmp/matplotlib \
     HEALTHPREDICT_MODEL_URI=models:/health-predict@champion
 
 WORKDIR /home/healthpredict

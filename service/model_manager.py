@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 
 from healthpredict.fast_inference import FastPredictor, compile_verified
 from healthpredict.features import MODEL_INPUT_COLUMNS
-from healthpredict.registry import LoadedModel, RegistryError, configure_tracking, load_model, parse_models_uri
+from healthpredict.registry import LoadedModel, RegistryError, configure_model_source, load_model, parse_models_uri
 from healthpredict.settings import Settings
 from service.examples import verification_records
 
@@ -137,7 +137,7 @@ class ModelManager:
         target = self._alias()
         if target is None:
             return None
-        configure_tracking(self.settings)
+        configure_model_source(self.settings, self.uri)
         return str(MlflowClient().get_model_version_by_alias(*target).version)
 
     def poll_once(self) -> bool:
@@ -164,7 +164,7 @@ class ModelManager:
         """Build the model the URI names now and swap it in; on failure keep the old one and re-raise."""
         with self._reload_lock:
             try:
-                configure_tracking(self.settings)
+                configure_model_source(self.settings, self.uri)
                 served = build_served_model(self._loader(self.uri))
             except Exception as exc:
                 self._record_failure(exc)

@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ class ImageSettings:
     push: bool = True
     registry_username: str | None = None
     registry_password: str | None = None
+    build_args: dict[str, str] = field(default_factory=dict)  # e.g. PYTHON_IMAGE for an offline base image
+    build_network: str | None = None  # network of the build containers (e.g. "host"); the engine's default if None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ImageSettings:
@@ -61,7 +63,22 @@ class ImageSettings:
             push=push_raw in {"1", "true", "yes", "on"},
             registry_username=env.get("HEALTHPREDICT_REGISTRY_USERNAME") or None,
             registry_password=env.get("HEALTHPREDICT_REGISTRY_PASSWORD") or None,
+            build_args=parse_build_args(env.get("HEALTHPREDICT_IMAGE_BUILD_ARGS") or ""),
+            build_network=env.get("HEALTHPREDICT_IMAGE_BUILD_NETWORK") or None,
         )
+
+
+def parse_build_args(raw: str) -> dict[str, str]:
+    """``PYTHON_IMAGE=local/python:3.11,FOO=bar`` → build arguments; a malformed item names itself."""
+    args: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            raise SettingsError(f"HEALTHPREDICT_IMAGE_BUILD_ARGS item {item!r} is not NAME=value")
+        args[name.strip()] = value.strip()
+    return args
 
 
 def image_tag(version: str | int, git_sha: str) -> str:
@@ -179,11 +196,21 @@ def current_git_sha(context_dir: Path) -> str:
     return result.stdout.strip()
 
 
-def build_image(context_dir: Path | str, repository: str, tag: str, client: DockerClient) -> str:
+def build_image(
+    context_dir: Path | str,
+    repository: str,
+    tag: str,
+    client: DockerClient,
+    build_args: Mapping[str, str] | None = None,
+    network: str | None = None,
+) -> str:
     """Build the ``service`` stage as ``repository:tag``; returns the image reference."""
     reference = image_reference(repository, tag)
+    options: dict[str, Any] = {"buildargs": dict(build_args)} if build_args else {}
+    if network:
+        options["network_mode"] = network
     try:
-        client.images.build(path=str(context_dir), tag=reference, target=BUILD_TARGET, rm=True)
+        client.images.build(path=str(context_dir), tag=reference, target=BUILD_TARGET, rm=True, **options)
     except Exception as exc:
         raise DeploymentError(f"building image {reference} from {context_dir} failed: {exc}") from exc
     return reference
@@ -220,7 +247,9 @@ def build_and_push(
     sha = image.git_sha or current_git_sha(image.context_dir)
     tag = image_tag(version, sha)
     client = client or docker_client()
-    reference = build_image(image.context_dir, image.repository, tag, client)
+    reference = build_image(
+        image.context_dir, image.repository, tag, client, build_args=image.build_args, network=image.build_network
+    )
     report.step(f"image {reference} built (target {BUILD_TARGET}) from {image.context_dir}")
     if not image.push:
         report.step(f"image {reference} not pushed (HEALTHPREDICT_IMAGE_PUSH=false)")

@@ -84,6 +84,16 @@ def test_build_uses_the_service_target_and_the_full_reference(tmp_path: Path) ->
     assert BUILD_TARGET == "service"
 
 
+def test_build_passes_build_args_and_network(tmp_path: Path) -> None:
+    images = FakeImages()
+    build_image(
+        tmp_path, "healthpredict-service", "7-abc1234", FakeDocker(images),
+        build_args={"PYTHON_IMAGE": "local/python:3.11-bookworm"}, network="host",
+    )  # fmt: skip
+    ((_, _, kwargs),) = images.calls
+    assert kwargs["buildargs"] == {"PYTHON_IMAGE": "local/python:3.11-bookworm"} and kwargs["network_mode"] == "host"
+
+
 def test_build_failure_names_the_image(tmp_path: Path) -> None:
     images = FakeImages(build_error=RuntimeError("COPY failed: pyproject.toml not found"))
     with pytest.raises(DeploymentError, match=r"building image healthpredict-service:7-abc1234 .*COPY failed"):
@@ -201,6 +211,18 @@ def test_image_settings_fail_loudly_and_parse(tmp_path: Path) -> None:
         False,
         SHA,
     )
+    assert (image.build_args, image.build_network) == ({}, None)
+    offline = ImageSettings.from_env(
+        {
+            "HEALTHPREDICT_IMAGE_REPOSITORY": "healthpredict-service",
+            "HEALTHPREDICT_IMAGE_BUILD_ARGS": "PYTHON_IMAGE=local/python:3.11-bookworm, PIP_INDEX_URL=http://mirror/s",
+            "HEALTHPREDICT_IMAGE_BUILD_NETWORK": "host",
+        }
+    )
+    assert offline.build_args == {"PYTHON_IMAGE": "local/python:3.11-bookworm", "PIP_INDEX_URL": "http://mirror/s"}
+    assert offline.build_network == "host"
+    with pytest.raises(SettingsError, match=r"HEALTHPREDICT_IMAGE_BUILD_ARGS item 'no-equals'"):
+        ImageSettings.from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "x", "HEALTHPREDICT_IMAGE_BUILD_ARGS": "no-equals"})
 
 
 def test_build_and_push_end_to_end_with_a_fake_engine(settings: Settings, tmp_path: Path) -> None:

@@ -94,8 +94,49 @@ def test_multi_stage_with_substitutable_python_base(parsed: tuple[dict[str, str]
     for stage in stages:
         assert stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE"), f"stage {stage.name} ignores PYTHON_IMAGE"
     builder = stages[0]
-    assert any(re.search(r"\bpip install \.(\s|$)", r) for r in builder.args("RUN")), "builder must pip install ."
-    assert any("/opt/venv" in r for r in builder.args("RUN"))
+    runs = builder.args("RUN")
+    assert any(re.search(r"\bpip install --only-binary=:all: -r requirements-service.txt", r) for r in runs)
+    assert any(re.search(r"\bpip install --no-deps \.(\s|$)", r) for r in runs), "builder must install the project"
+    assert any("/opt/venv" in r for r in runs)
+    assert "docker/requirements-service.txt ./" in builder.args("COPY")
+
+
+def _requirements(lines: list[str]) -> dict[str, str]:
+    """``name[extra]>=x,<y`` → {name: ">=x,<y"}, comments and blank lines dropped."""
+    parsed = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*(.*)", line)
+            assert match, line
+            parsed[match.group(1).lower()] = match.group(3).replace(" ", "")
+    return parsed
+
+
+def test_service_requirements_are_project_dependencies_with_the_same_ranges() -> None:
+    import tomllib
+
+    project = _requirements(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    service = _requirements((REPO / "docker" / "requirements-service.txt").read_text().splitlines())
+    same_module = {"mlflow-skinny": "mlflow", "xgboost-cpu": "xgboost"}  # client half / no CUDA, same module
+    for name, spec in service.items():
+        declared = same_module.get(name, name)
+        assert declared in project, f"{name} is not a project dependency"
+        assert spec == project[declared], f"{name}{spec} differs from the project's {declared}{project[declared]}"
+    training_stack = {"ray", "prefect", "prefect-aws", "prefect-docker", "evidently", "optuna", "kubernetes", "docker"}
+    assert not training_stack & set(service), "the service image must not carry the training stack"
+
+
+@pytest.mark.parametrize("path", ["docker/worker/Dockerfile", "docker/mlflow/Dockerfile"])
+def test_other_images_are_non_root_from_the_same_base(path: str) -> None:
+    args, stages = parse((REPO / path).read_text())
+    assert args.get("PYTHON_IMAGE") == "python:3.11-slim"
+    assert all(stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE") for stage in stages)
+    final_stage = stages[-1]
+    assert final_stage.args("USER") and final_stage.args("USER")[-1].split(":")[0] == "10001"
+    assert final_stage.args("HEALTHCHECK")
+    for stage in stages:
+        assert not any(BUILD_TOOLS.search(run) for run in stage.args("RUN")), path
 
 
 def test_final_stage_copies_only_the_venv(parsed: tuple[dict[str, str], list[Stage]], final: Stage) -> None:

@@ -1,0 +1,218 @@
+"""The service image built for real by the deployment code, then run: non-root, read-only, serving a real model.
+
+Needs a Docker engine. The session uses the one ``DOCKER_HOST``/the default socket answers on; failing that,
+when running as root with ``dockerd`` installed, it starts its own engine on a private socket and stops it by
+PID afterwards. No base image can be pulled here, so ``docker/base-image.sh`` makes one from Debian bookworm
+with debootstrap (once; it is kept for later runs). Without an engine the test is skipped, unless
+``HEALTHPREDICT_REQUIRE_DOCKER=1`` (set by ``.ci/run``) turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import PROJECT_ROOT, free_port, stop_process, wait_for_http
+
+from healthpredict.deploy.image import build_image, current_git_sha, image_tag
+from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
+from healthpredict.modeling import build_pipeline
+from healthpredict.schema import TARGET_COLUMN
+from healthpredict.split import SplitReader
+
+pytestmark = pytest.mark.integration
+
+BASE_IMAGE = os.environ.get("HEALTHPREDICT_TEST_BASE_IMAGE", "local/python:3.11-bookworm")
+REPOSITORY = "healthpredict-service-test"
+_ENGINE_HOST: dict[str, str] = {}  # DOCKER_HOST of a private engine, for docker/base-image.sh
+COMPILERS = ("gcc", "cc", "g++", "clang", "make")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("HEALTHPREDICT_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"a Docker engine is required (HEALTHPREDICT_REQUIRE_DOCKER=1): {reason}")
+    pytest.skip(reason)
+
+
+def _ping(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> Iterator[Any]:
+    """A reachable engine: the configured one, or a private ``dockerd`` this fixture starts and stops."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        if _ping(client):
+            yield client
+            return
+    except Exception:
+        pass
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0:
+        _unavailable("no Docker engine answers and dockerd cannot be started here (needs root and docker.io)")
+    state = Path(tempfile.mkdtemp(prefix="hp-dockerd-"))
+    socket = f"unix://{state / 'docker.sock'}"
+    log = (state / "dockerd.log").open("wb")
+    process = subprocess.Popen(
+        [dockerd, "--host", socket, "--pidfile", str(state / "docker.pid"), "--exec-root", str(state / "exec")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:  # the client asks the engine for its API version as it is made
+                client = docker.DockerClient(base_url=socket, timeout=600)
+                if _ping(client):
+                    break
+            except Exception:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                _unavailable(f"dockerd did not start: {(state / 'dockerd.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        _ENGINE_HOST["DOCKER_HOST"] = socket
+        yield client
+    finally:
+        stop_process(process, timeout=30)
+        log.close()
+        _ENGINE_HOST.clear()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def base_image(docker_client: Any) -> str:
+    try:
+        docker_client.images.get(BASE_IMAGE)
+        return BASE_IMAGE
+    except Exception:
+        pass
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        _unavailable(f"base image {BASE_IMAGE} is missing and docker/base-image.sh needs root and debootstrap")
+    env = {**os.environ, **_ENGINE_HOST}
+    subprocess.run(
+        ["bash", str(PROJECT_ROOT / "docker" / "base-image.sh"), BASE_IMAGE], check=True, env=env, timeout=900
+    )
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="module")
+def service_image(docker_client: Any, base_image: str) -> Iterator[str]:
+    """The ``service`` stage built through :func:`healthpredict.deploy.image.build_image` (the deploy path)."""
+    tag = image_tag("1", current_git_sha(PROJECT_ROOT))
+    reference = build_image(
+        PROJECT_ROOT, REPOSITORY, tag, docker_client, build_args={"PYTHON_IMAGE": base_image}, network="host"
+    )
+    yield reference
+    docker_client.images.remove(reference, force=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(real_split_home: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    """A small XGBoost pipeline fitted on the real train split, saved as an MLflow model folder."""
+    from healthpredict.settings import Settings
+
+    reader = SplitReader(Settings.from_env({"HEALTHPREDICT_HOME": str(real_split_home)}))
+    train, test = reader.read("train"), reader.read("test")
+    params = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.1, "subsample": 0.8, "colsample_bytree": 0.8,
+              "min_child_weight": 1.0, "reg_lambda": 1.0, "reg_alpha": 0.0}  # fmt: skip
+    pipeline = build_pipeline("xgboost", params, seed=0)
+    pipeline.fit(model_inputs(train), train[TARGET_COLUMN])
+    folder = tmp_path_factory.mktemp("image-model") / "model"
+    mlflow.sklearn.save_model(
+        pipeline, str(folder), serialization_format="cloudpickle", metadata={"threshold": 0.5, "family": "xgboost"}
+    )
+    for path in [folder, *folder.rglob("*")]:  # the container user (uid 10001) reads it through a bind mount
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    folder.parent.chmod(0o755)
+    return folder, pipeline, test
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_service_image_is_built_and_serves_a_real_model_as_non_root(
+    docker_client: Any, service_image: str, model_dir: tuple[Path, Any, Any]
+) -> None:
+    folder, pipeline, test = model_dir
+    image = docker_client.images.get(service_image)
+    config = image.attrs["Config"]
+    assert service_image.split(":")[-1].startswith("1-") and not service_image.endswith(":latest")
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["healthpredict"] and config["Cmd"][0] == "serve"
+    assert "/health/live" in " ".join(config["Healthcheck"]["Test"])
+    assert config["ExposedPorts"] == {"8000/tcp": {}}
+    assert not any(k.startswith(("HEALTHPREDICT_RELOAD_TOKEN", "AWS_SECRET")) for k in config["Env"])
+
+    # no compiler and no training stack in the final image
+    probe = "; ".join(f"command -v {c} >/dev/null && echo found {c}" for c in COMPILERS)
+    found = docker_client.containers.run(
+        service_image, ["-c", probe + "; true"], entrypoint="sh", remove=True, network_mode="none"
+    ).decode()
+    assert "found" not in found, found
+    stack = docker_client.containers.run(
+        service_image,
+        ["-c", "import importlib.util as u; print([m for m in ('ray', 'prefect', 'evidently') if u.find_spec(m)])"],
+        entrypoint="python", remove=True, network_mode="none",
+    ).decode()  # fmt: skip
+    assert stack.strip() == "[]"
+
+    port = free_port()
+    container = docker_client.containers.run(
+        service_image,
+        ["serve", "--host", "127.0.0.1", "--port", str(port)],
+        detach=True,
+        network_mode="host",  # the service listens on this machine's loopback only
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        volumes={str(folder): {"bind": "/model", "mode": "ro"}},
+        environment={"HEALTHPREDICT_MODEL_URI": "/model", "HEALTHPREDICT_MODEL_POLL_SECONDS": "0"},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{base}/health/ready", timeout=180)
+        except TimeoutError:
+            pytest.fail(f"the container never got ready:\n{container.logs().decode()[-3000:]}")
+        container.reload()
+        assert container.attrs["Config"]["User"] == "10001:10001"
+        assert container.exec_run(["id", "-u"]).output.decode().strip() == "10001"
+        with urllib.request.urlopen(f"{base}/v1/model", timeout=10) as response:
+            described = json.loads(response.read())
+        assert described["status"] == "loaded" and described["runtime"].startswith("onnx")
+
+        # answers equal the offline pipeline on real test records
+        sample = test.head(25)
+        inputs = sample[list(MODEL_INPUT_COLUMNS)].astype(object)
+        records = inputs.where(inputs.notna(), None).to_dict(orient="records")
+        records = [{k: (int(v) if isinstance(v, np.integer) else v) for k, v in r.items()} for r in records]
+        answer = _post(f"{base}/v1/predict/batch", {"records": records})
+        served = np.array([p["probability"] for p in answer["predictions"]])
+        expected = pipeline.predict_proba(model_inputs(sample))[:, 1]
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+        one = _post(f"{base}/v1/predict", records[0])
+        assert one["probability"] == pytest.approx(expected[0], abs=1e-5)
+    finally:
+        container.remove(force=True)
