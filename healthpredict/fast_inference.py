@@ -173,7 +173,7 @@ class FeatureEncoder:
         self._zero_row: array.array[float] = array.array(typecode, bytes(self.n_features * np.dtype(dtype).itemsize))
         numeric = {feature: (out, mean, scale) for feature, out, mean, scale in self._numeric}
         self._count_plan = [(_POSITION[c], *numeric[c]) for c in COUNT_COLUMNS if c in numeric]
-        self._derived_plan = {name: numeric.get(name) for name in _DERIVED_FEATURES}
+        self._derived_plan = [numeric.get(name) for name in _DERIVED_FEATURES]  # (output column, mean, scale)
         underived = set(numeric) - set(COUNT_COLUMNS) - set(_DERIVED_FEATURES)
         if underived:
             raise CompileError(f"no rule derives numeric feature(s) {sorted(underived)}")
@@ -276,7 +276,6 @@ class FeatureEncoder:
         vec = self._zero_row[:]
         for p, out, mean, scale in self._count_plan:
             vec[out] = (float(row[p]) - mean) / scale
-        derived = self._derived_plan
         med_codes = self._med_codes
         changed = active = 0
         for p, table in self._med_plan:
@@ -294,15 +293,11 @@ class FeatureEncoder:
                 col = int(self._diag_columns(k, (row[p],))[0])
             if col >= 0:
                 vec[col] = 1.0
-        if (plan := derived["age_ordinal"]) is not None:
-            vec[plan[0]] = (_AGE_ORDINAL[row[_AGE_POSITION]] - plan[1]) / plan[2]
-        if (plan := derived["n_meds_changed"]) is not None:
-            vec[plan[0]] = (float(changed) - plan[1]) / plan[2]
-        if (plan := derived["n_meds_active"]) is not None:
-            vec[plan[0]] = (float(active) - plan[1]) / plan[2]
-        if (plan := derived["prior_visits"]) is not None:
-            visits = float(row[_PRIOR_POSITIONS[0]]) + float(row[_PRIOR_POSITIONS[1]]) + float(row[_PRIOR_POSITIONS[2]])
-            vec[plan[0]] = (visits - plan[1]) / plan[2]
+        visits = float(row[_PRIOR_POSITIONS[0]]) + float(row[_PRIOR_POSITIONS[1]]) + float(row[_PRIOR_POSITIONS[2]])
+        values = (_AGE_ORDINAL[row[_AGE_POSITION]], float(changed), float(active), visits)  # _DERIVED_FEATURES order
+        for plan, value in zip(self._derived_plan, values, strict=True):
+            if plan is not None:
+                vec[plan[0]] = (value - plan[1]) / plan[2]
         return np.frombuffer(vec, dtype=self.dtype).reshape(1, self.n_features)
 
     def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:

@@ -66,12 +66,7 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
 
 def configure_tracking(settings: Settings) -> MlflowClient:
     """Point MLflow at the configured tracking/registry URIs and experiment (entrypoints call this, never imports)."""
-    check_tracking_server(settings.tracking.tracking_uri)
-    if settings.tracking.tracking_uri.startswith("sqlite:///"):
-        settings.home.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking.tracking_uri)
-    if settings.tracking.registry_uri:
-        mlflow.set_registry_uri(settings.tracking.registry_uri)
+    _set_store_uris(settings)
     # The active experiment is process-global in MLflow: set it for this tracking store explicitly.
     mlflow.set_experiment(experiment_id=ensure_experiment(settings, settings.tracking.experiment))
     return MlflowClient()
@@ -82,8 +77,12 @@ def configure_model_source(settings: Settings, uri: str) -> None:
     :func:`configure_tracking`): the tracking and registry URIs for ``models:/`` and ``runs:/`` URIs, no experiment
     created or selected; a model folder needs no tracking store at all.
     """
-    if not uri.startswith(("models:/", "runs:/")):
-        return
+    if uri.startswith(("models:/", "runs:/")):
+        _set_store_uris(settings)
+
+
+def _set_store_uris(settings: Settings) -> None:
+    """Check a tracking server answers (an embedded sqlite store gets its folder), then set both URIs."""
     check_tracking_server(settings.tracking.tracking_uri)
     if settings.tracking.tracking_uri.startswith("sqlite:///"):
         settings.home.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import compress
 from operator import itemgetter
 from typing import Any
 
@@ -188,8 +189,8 @@ class PredictionController(Controller):
                 [FieldError(field="records", message=f"at most {limit} records")],
             )
         rows = list(map(msgspec.structs.astuple, records))
-        if not EXCLUDED_DISCHARGE_IDS.isdisjoint(map(_DISCHARGE, rows)):
-            outside = [i for i, r in enumerate(records) if is_out_of_scope(r.discharge_disposition_id)]
+        outside = list(compress(range(len(rows)), map(is_out_of_scope, map(_DISCHARGE, rows))))
+        if outside:
             errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
             raise RequestRejected(
                 HTTP_422_UNPROCESSABLE_ENTITY,

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LABELS = ["route", "method", "status"]
+_BUCKET_LABELS = (*map(repr, LATENCY_BUCKETS), "+Inf")
 
 
 class _Series:
@@ -58,9 +59,9 @@ class HttpMetrics(Collector):
             labels = [route, method, str(status)]
             requests.add_metric(labels, series.count)
             cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), series.buckets, strict=True):
+            for bound, count in zip(_BUCKET_LABELS, series.buckets, strict=True):
                 cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                buckets.append((bound, cumulative))
             latency.add_metric(labels, buckets, series.total)
         yield requests
         yield latency
