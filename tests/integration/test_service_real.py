@@ -121,7 +121,7 @@ def test_uvicorn_process_serves_the_registered_champion(server: str, registry: R
     assert described["version"] == registry.versions["xgboost"]
     assert described["alias"] == "champion"
     assert described["family"] == "xgboost"
-    assert described["runtime"].startswith("onnx")
+    assert described["runtime"].startswith("trees")
     _, test = real_parts(registry.split_home)
     rows = test.iloc[:300]
     bodies = request_bodies(rows)

@@ -18,6 +18,7 @@ from healthpredict.fast_inference import (
 )
 from healthpredict.features import MODEL_INPUT_COLUMNS
 from healthpredict.modeling import build_pipeline
+from healthpredict.schema import AGE_BANDS
 from healthpredict.settings import Family
 from service.examples import full_record, verification_records
 
@@ -106,13 +107,78 @@ def test_empty_input_gives_empty_output(pipelines: dict[str, Any]) -> None:
 
 
 def test_icd9_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_inference, "ICD9_CACHE_LIMIT", 5)
+    monkeypatch.setattr(fast_inference, "CACHE_LIMIT", 5)
     predictor = compile_pipeline(pipelines["xgboost"])
     records = [full_record(diag_1=f"{400 + i}.{i}") for i in range(20)]
     frame = pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS))
     assert max_difference(predictor, pipelines["xgboost"], frame) <= fast_inference.TOLERANCE
     assert len(predictor.encoder._icd9_cache) <= 5
     assert all(len(table) <= 5 for table in predictor.encoder._diag_tables)
+
+
+def test_dose_combinations_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-record answers stay right once the combination cache is full; the cache stops growing."""
+    monkeypatch.setattr(fast_inference, "CACHE_LIMIT", 3)
+    pipeline = pipelines["random_forest"]
+    predictor = compile_pipeline(pipeline)
+    doses = ("No", "Steady", "Up", "Down")
+    records = [full_record(insulin=doses[i % 4], metformin=doses[i // 4 % 4], glipizide=None) for i in range(12)]
+    frame = pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS))
+    singles = [predictor.predict_records([record])[0] for record in records * 2]
+    np.testing.assert_allclose(singles, np.tile(pipeline.predict_proba(frame)[:, 1], 2), atol=1e-5, rtol=0)
+    assert len(predictor.encoder._medications._known) == 3
+
+
+def aged_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every third record without an age (NaN after feature engineering); older patients readmitted more."""
+    frame, _ = synthetic_frame(n, seed)
+    rng = np.random.default_rng(seed)
+    bands = np.array(AGE_BANDS)
+    ages = rng.integers(0, len(bands), n)
+    frame["age"] = pd.Series(bands[ages], dtype=object).where(np.arange(n) % 3 != 0, None)
+    target = (ages + rng.normal(0, 2, n) > 6).astype(int)
+    return frame, target
+
+
+@pytest.mark.parametrize("family", ["xgboost", "random_forest"])
+@pytest.mark.parametrize("layout", ["complete", "table"])
+def test_tree_runtime_sends_missing_values_where_the_model_does(
+    family: Family, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame, target = aged_frame(400, seed=3)
+    pipeline = build_pipeline(family, SMALL_PARAMS[family], seed=0).fit(frame, target)
+    if layout == "table":
+        monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 0)
+    predictor = compile_pipeline(pipeline, runtime="trees")
+    assert predictor.runtime.__self__.complete is (layout == "complete")  # type: ignore[attr-defined]
+    check, _ = aged_frame(150, seed=4)
+    assert max_difference(predictor, pipeline, check) <= fast_inference.TOLERANCE
+    missing = check["age"].isna().to_numpy()
+    with_age = check.assign(age="[50-60)")
+    assert (predictor.predict_frame(check)[missing] != predictor.predict_frame(with_age)[missing]).any()
+
+
+def test_strict_thresholds_turn_less_equal_into_less_than() -> None:
+    rng = np.random.default_rng(0)
+    thresholds = [*rng.normal(0, 3, 200), *rng.normal(0, 3, 50).astype(np.float32).astype(float), 0.5, -0.0, 1e-40]
+    for threshold in thresholds:
+        cut = np.float32(fast_inference._strict_threshold(threshold))
+        centre = np.float32(threshold)
+        around = [centre]
+        for _ in range(3):
+            around = [around[0], *around, around[-1]]
+            around[0] = np.nextafter(around[0], np.float32(-np.inf))
+            around[-1] = np.nextafter(around[-1], np.float32(np.inf))
+        for x in around:
+            assert (x < cut) == (float(x) <= threshold), (threshold, x)
+
+
+def test_tree_runtime_refuses_what_it_cannot_reproduce(pipelines: dict[str, Any]) -> None:
+    xgb = pipelines["xgboost"][-1]
+    with pytest.raises(CompileError, match="binary:logistic"):
+        fast_inference.TreeEnsemble.from_xgboost(type(xgb)(objective="reg:squarederror").fit([[0.0], [1.0]], [0, 1]))
+    with pytest.raises(CompileError, match="no trees"):
+        fast_inference.TreeEnsemble([], "logistic")
 
 
 def test_unsupported_pipelines_are_refused(pipelines: dict[str, Any]) -> None:

@@ -270,7 +270,7 @@ def test_model_description(client: TestClient[Any], model: tuple[Path, Any]) -> 
     assert described["threshold"] == 0.4
     assert described["family"] == "xgboost"
     assert described["metrics"] == {"test_auc": 0.7}
-    assert described["runtime"].startswith("onnx")
+    assert described["runtime"].startswith("trees")
     assert described["last_reload_error"] is None
     assert described["loaded_at"].endswith("Z") or "+00:00" in described["loaded_at"]
 
