@@ -129,6 +129,20 @@ def test_dose_combinations_cache_is_bounded(pipelines: dict[str, Any], monkeypat
     assert len(predictor.encoder._medications._known) == 3
 
 
+@pytest.mark.parametrize("family", ["xgboost", "random_forest"])
+def test_chunked_batches_answer_like_the_pipeline(
+    pipelines: dict[str, Any], family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches over the chunk size are encoded and evaluated chunk by chunk, in order."""
+    monkeypatch.setattr(fast_inference, "BATCH_CHUNK_ROWS", 40)
+    predictor = compile_pipeline(pipelines[family], batch_threads=2)
+    assert predictor.batch_runtime is not None
+    frame, _ = synthetic_frame(230, seed=5)
+    expected = pipelines[family].predict_proba(frame)[:, 1]
+    np.testing.assert_allclose(predictor.predict_frame(frame), expected, atol=fast_inference.TOLERANCE, rtol=0)
+    np.testing.assert_allclose(predictor.predict_frame(frame.iloc[::-1]), expected[::-1], atol=1e-12, rtol=0)
+
+
 def aged_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """Every third record without an age (NaN after feature engineering); older patients readmitted more."""
     frame, _ = synthetic_frame(n, seed)
