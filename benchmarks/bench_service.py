@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -42,6 +43,7 @@ from healthpredict.features import MODEL_INPUT_COLUMNS
 from healthpredict.modeling import build_pipeline
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import ALL_FAMILIES, Family, Settings
+from service.schemas import RECORD_DECODER
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RAW = PROJECT_ROOT.parent / "shared/data/dataset_diabetes.zip"
@@ -131,7 +133,8 @@ def in_process(family: Family, pipeline: Any, test: pd.DataFrame) -> dict[str, A
     predictor = compile_pipeline(pipeline)
     compile_s = time.perf_counter() - start
     inputs = test[list(MODEL_INPUT_COLUMNS)]
-    rows = [tuple(None if pd.isna(v) else v for v in r) for r in inputs.itertuples(index=False, name=None)]
+    # Rows as the service has them: request bodies through the strict decoder, as record tuples.
+    rows = [msgspec.structs.astuple(RECORD_DECODER.decode(body)) for body in json_bodies(test)]
     big_rows = [rows[i % len(rows)] for i in range(10_000)]
     big_frame = inputs.iloc[np.arange(10_000) % len(inputs)]
     one = inputs.iloc[[0]]
