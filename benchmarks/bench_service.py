@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -38,7 +39,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from healthpredict.fast_inference import compile_pipeline, max_difference
+from healthpredict.fast_inference import compile_pipeline, max_difference, runtimes_for
 from healthpredict.features import MODEL_INPUT_COLUMNS
 from healthpredict.modeling import build_pipeline
 from healthpredict.schema import TARGET_COLUMN
@@ -128,6 +129,36 @@ def median_seconds(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) 
     return statistics.median(times)
 
 
+def median_evicted_seconds(fn: Callable[[], Any], repeats: int, evict: np.ndarray) -> float:
+    """Like :func:`median_seconds`, with ``evict`` (larger than the CPU's L2) written between calls: the state the
+    model is in when the rest of a request has run in between."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        evict += 1.0
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def runtime_rows(pipeline: Any, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """One encoded row through each runtime the family can use, side by side."""
+    evict = np.zeros(4_000_000)  # 32 MB
+    results = []
+    for name in runtimes_for(pipeline):
+        predictor = compile_pipeline(pipeline, runtime=name)
+        call = functools.partial(predictor.runtime, predictor.encoder.encode_rows(rows[:1]))
+        results.append(
+            {
+                "runtime": name,
+                "row_us": median_seconds(call, 2000, budget_s=5.0) * 1e6,
+                "row_evicted_us": median_evicted_seconds(call, 200, evict) * 1e6,
+            }
+        )
+    return results
+
+
 def in_process(family: Family, pipeline: Any, test: pd.DataFrame) -> dict[str, Any]:
     start = time.perf_counter()
     predictor = compile_pipeline(pipeline)
@@ -149,6 +180,12 @@ def in_process(family: Family, pipeline: Any, test: pd.DataFrame) -> dict[str, A
         "pipeline_10k_ms": median_seconds(lambda: pipeline.predict_proba(big_frame), 5) * 1e3,
         "fast_10k_ms": median_seconds(lambda: predictor.predict_rows(big_rows), 10) * 1e3,
         "fast_10k_encode_ms": median_seconds(lambda: predictor.encoder.encode_rows(big_rows), 10) * 1e3,
+        # the same 10k rows encoded whole, then evaluated (no chunk overlap)
+        "fast_10k_unchunked_ms": median_seconds(
+            lambda: (predictor.batch_runtime or predictor.runtime)(predictor.encoder.encode_rows(big_rows)), 10
+        )
+        * 1e3,
+        "runtimes_one_row": runtime_rows(pipeline, rows),
     }
 
 
@@ -370,6 +407,26 @@ def render(results: dict[str, Any]) -> str:
             f"{r['pipeline_row_us'] / r['fast_row_us']:.0f}× | {r['pipeline_10k_ms']:.0f} ms | "
             f"{r['fast_10k_ms']:.0f} ms ({r['fast_10k_encode_ms']:.0f} ms) |"
         )
+    lines += [
+        "",
+        "### In process: one encoded row through each runtime (median; *evicted*: 32 MB written between calls)",
+        "",
+        "| family | runtime | 1 row | 1 row, caches evicted |",
+        "|---|---|---|---|",
+    ]
+    for r in results["in_process"]:
+        for rt in r["runtimes_one_row"]:
+            lines.append(f"| {r['family']} | {rt['runtime']} | {rt['row_us']:.1f} µs | {rt['row_evicted_us']:.1f} µs |")
+    lines += [
+        "",
+        "Batches of 10k rows, chunked (encode chunk k + 1 while chunk k is evaluated) vs encoded whole: "
+        + ", ".join(
+            f"{r['family']} {r['fast_10k_ms']:.0f} ms vs {r['fast_10k_unchunked_ms']:.0f} ms"
+            for r in results["in_process"]
+            if "batches over" in r["runtime"]  # a family without a batch runtime is never chunked
+        )
+        + ".",
+    ]
     lines += [
         "",
         "### HTTP: service vs floor (constant answer after the same strict decode), medians of alternating rounds",

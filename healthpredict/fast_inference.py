@@ -691,7 +691,7 @@ class FastPredictor:
         if len(rows) <= BATCH_CHUNK_ROWS:
             return batch_runtime(self.encoder.encode_rows(rows))
         # Chunk k's trees run on another thread (the batch runtimes release the GIL) while this thread encodes
-        # chunk k + 1: measured 61 ms instead of 88 ms for 10k rows on 2 cores (docs/PERFORMANCE.md).
+        # chunk k + 1 (XGBoost, 10k rows on 2 cores: 56 ms against 62 ms encoded whole; docs/PERFORMANCE.md).
         pool = _pipeline_pool()
         chunks = [
             pool.submit(batch_runtime, self.encoder.encode_rows(rows[start : start + BATCH_CHUNK_ROWS]))
