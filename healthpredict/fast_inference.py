@@ -395,12 +395,12 @@ class TreeEnsemble:
 
     Shallow trees (depth ≤ :data:`COMPLETE_TREE_MAX_DEPTH`, XGBoost's usual case) are stored *complete*: each
     tree is a heap of ``2**depth - 1`` split nodes (children of ``k`` at ``2k+1``, ``2k+2``) with ``2**depth``
-    leaves below, a leaf above the bottom being padded by splits that always go left (threshold +inf). Every
-    row then takes exactly ``depth`` steps in every tree with no branch to mispredict, and the walk advances
-    all trees one level at a time, so their memory loads overlap. A node is 8 bytes: ``feature * 2 +
-    (missing goes right)`` and the float32 threshold. Deeper trees (random forests) use a node table:
-    ``(feature, threshold, left child, child for a missing value)`` with the right child at ``left + 1``
-    and a leaf marked by feature -1 with its value's index.
+    leaves below; a leaf above the bottom becomes splits that always go left (threshold +inf) over bottom
+    leaves that all hold its value. Every row then takes exactly ``depth`` steps in every tree with no branch
+    to mispredict, and the walk advances all trees one level at a time, so their memory loads overlap. A node
+    is 8 bytes: ``feature * 2 + (missing goes right)`` and the float32 threshold. Deeper trees (random
+    forests) use a node table: ``(feature, threshold, left child, child for a missing value)`` with the right
+    child at ``left + 1`` and a leaf marked by feature -1 with its value's index.
     """
 
     def __init__(self, trees: Sequence[Tree], link: str, bias: float = 0.0, scale: float = 1.0,
@@ -432,10 +432,11 @@ class TreeEnsemble:
             stack = [(0, 0)]  # (node of the tree, position in the heap)
             while stack:
                 node, position = stack.pop()
-                if left[node] == _LEAF:
-                    while position < splits:  # down the padding to the bottom
-                        position = 2 * position + 1
-                    leaf_values[t, position - splits] = float(value[node])
+                if left[node] == _LEAF:  # every bottom leaf below it answers its value (the padding goes left)
+                    first = last = position
+                    while first < splits:
+                        first, last = 2 * first + 1, 2 * last + 2
+                    leaf_values[t, first - splits : last - splits + 1] = float(value[node])
                     continue
                 nodes[t, position, 0] = int(feature[node]) * 2 + (not missing_left[node])
                 nodes[t, position].view(np.float32)[1] = self._cut(threshold[node])

@@ -172,6 +172,22 @@ def test_tree_runtime_sends_missing_values_where_the_model_does(
     assert (predictor.predict_frame(check)[missing] != predictor.predict_frame(with_age)[missing]).any()
 
 
+@pytest.mark.parametrize("layout", ["complete", "table"])
+def test_tree_layouts_walk_a_known_tree(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """x0 < 0.5 → 1.0 (a leaf above the bottom); else x1 < 0.5 → 2.0, else 3.0; missing goes left, then right."""
+    if layout == "table":
+        monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 0)
+    tree = ([1, -1, 3, -1, -1], [2, -1, 4, -1, -1], [0, 0, 1, 0, 0], [0.5, 0, 0.5, 0, 0],
+            [True, False, False, False, False], [0, 1.0, 0, 2.0, 3.0])  # fmt: skip
+    ensemble = fast_inference.TreeEnsemble([tree, tree], "mean", scale=0.5)
+    assert ensemble.complete is (layout == "complete")
+    rows = [[0, 0], [0, 1], [1, 0], [1, 1], [np.nan, 1], [1, np.nan], [0, np.inf], [0.5, 0.49]]
+    answers = ensemble.predict(np.array(rows, dtype=np.float32))
+    np.testing.assert_array_equal(answers, [1.0, 1.0, 2.0, 3.0, 1.0, 3.0, 1.0, 2.0])
+    logistic = fast_inference.TreeEnsemble([tree], "logistic", bias=-2.0).predict(np.array([[1, 1]], np.float32))
+    np.testing.assert_allclose(logistic, [1 / (1 + np.exp(-1.0))])
+
+
 def test_strict_thresholds_turn_less_equal_into_less_than() -> None:
     rng = np.random.default_rng(0)
     thresholds = [*rng.normal(0, 3, 200), *rng.normal(0, 3, 50).astype(np.float32).astype(float), 0.5, -0.0, 1e-40]
