@@ -28,7 +28,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -412,6 +412,15 @@ class TreeEnsemble:
         self.logistic, self.bias, self.scale = link == "logistic", float(bias), float(scale)
         self._less_equal = less_equal
         self.depth = max(_tree_depth(tree[0], tree[1]) for tree in trees)
+        self.max_feature = max(
+            (
+                int(f)
+                for left, _, feature, *_ in trees
+                for f, child in zip(feature, left, strict=True)
+                if child != _LEAF
+            ),
+            default=-1,
+        )
         self.complete = self.depth <= COMPLETE_TREE_MAX_DEPTH
         if self.complete:
             self.nodes, self.leaf_values = self._complete_layout(trees)
@@ -472,6 +481,8 @@ class TreeEnsemble:
         objective = model.get_params().get("objective") or "binary:logistic"
         if objective != "binary:logistic":
             raise CompileError(f"tree runtime expects binary:logistic, found {objective!r}")
+        if model.missing is not None and not math.isnan(model.missing):
+            raise CompileError(f"tree runtime treats only NaN as missing; the model's missing is {model.missing!r}")
         learner = json.loads(bytes(model.get_booster().save_raw("json")))["learner"]
         booster = learner["gradient_booster"]
         if booster.get("name") != "gbtree":
@@ -484,12 +495,13 @@ class TreeEnsemble:
         for tree in trees:
             if any(int(t) != 0 for t in tree.get("split_type", [])) or tree.get("categories"):
                 raise CompileError("tree runtime does not handle categorical splits")
-            conditions = tree["split_conditions"]  # a leaf's value sits in its split condition
+            # A leaf's value sits in its split condition; both are float32 in the booster.
+            conditions = np.asarray(tree["split_conditions"], dtype=np.float32).astype(np.float64).tolist()
             converted.append(
                 (tree["left_children"], tree["right_children"], tree["split_indices"], conditions,
                  [bool(d) for d in tree["default_left"]], conditions)
             )  # fmt: skip
-        base_score = float(str(learner["learner_model_param"]["base_score"]).strip("[]").split(",")[0])
+        base_score = float(np.float32(str(learner["learner_model_param"]["base_score"]).strip("[]").split(",")[0]))
         if not 0.0 < base_score < 1.0:
             raise CompileError(f"base_score {base_score} is not a probability")
         return cls(converted, "logistic", bias=math.log(base_score / (1.0 - base_score)))
@@ -610,7 +622,7 @@ def _table_tree_kernel() -> Callable[..., np.ndarray]:
     return result
 
 
-def _tree_runtime(model: Any) -> Runtime:
+def _tree_runtime(model: Any, n_features: int) -> Runtime:
     try:
         import numba  # noqa: F401
     except ImportError as exc:  # pragma: no cover - numba is a dependency
@@ -619,6 +631,12 @@ def _tree_runtime(model: Any) -> Runtime:
         ensemble = TreeEnsemble.from_random_forest(model)
     else:
         ensemble = TreeEnsemble.from_xgboost(model)
+    if ensemble.max_feature >= n_features:  # the kernels do not check bounds: refuse a model wider than its input
+        raise CompileError(f"the trees split on feature {ensemble.max_feature}; the encoder writes {n_features}")
+    try:  # compile now, so that a numba failure is a refused runtime (and the next one is tried), not a failed load
+        ensemble.predict(np.zeros((1, n_features), dtype=np.float32))
+    except Exception as exc:
+        raise CompileError(f"tree runtime failed to compile: {type(exc).__name__}: {exc}") from None
     return ensemble.predict
 
 
@@ -692,13 +710,19 @@ class FastPredictor:
         if len(rows) <= BATCH_CHUNK_ROWS:
             return batch_runtime(self.encoder.encode_rows(rows))
         # Chunk k's trees run on another thread (the batch runtimes release the GIL) while this thread encodes
-        # chunk k + 1 (XGBoost, 10k rows on 2 cores: 56 ms against 62 ms encoded whole; docs/PERFORMANCE.md).
+        # chunk k + 1 (measured against encoding whole by benchmarks/bench_service.py; docs/PERFORMANCE.md).
         pool = _pipeline_pool()
-        chunks = [
-            pool.submit(batch_runtime, self.encoder.encode_rows(rows[start : start + BATCH_CHUNK_ROWS]))
-            for start in range(0, len(rows), BATCH_CHUNK_ROWS)
-        ]
-        return np.concatenate([chunk.result() for chunk in chunks])
+        chunks: list[Future[np.ndarray]] = []
+        try:
+            for start in range(0, len(rows), BATCH_CHUNK_ROWS):
+                chunks.append(
+                    pool.submit(batch_runtime, self.encoder.encode_rows(rows[start : start + BATCH_CHUNK_ROWS]))
+                )
+            return np.concatenate([chunk.result() for chunk in chunks])
+        except BaseException:
+            for chunk in chunks:  # nothing left queued for an answer nobody will read
+                chunk.cancel()
+            raise
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Records keyed by dataset column name; absent keys count as missing."""
@@ -751,14 +775,14 @@ def compile_pipeline(
         if runtime_name == "xgboost-inplace":
             return _xgboost_runtime(model, threads)
         if runtime_name == "trees":
-            return _tree_runtime(model)
+            return _tree_runtime(model, encoder.n_features)
         if runtime_name == "onnx" and isinstance(model, RandomForestClassifier):
             return _onnx_forest_runtime(model, encoder.n_features, threads)
         if runtime_name == "onnx":
             return _onnx_xgboost_runtime(model, encoder.n_features, threads)
         return _sklearn_runtime(model)
 
-    threads = batch_threads or os.cpu_count() or 1
+    threads = batch_threads or _usable_cores()
     # XGBoost's own predictor and the tree runtime (row slices on a thread pool) gain from more threads on 10k
     # rows; ONNX Runtime's thread pool lost to one thread on the 2-core benchmark machine (docs/PERFORMANCE.md).
     threaded = batch_runtime in ("xgboost-inplace", "trees") and threads > 1
@@ -778,6 +802,13 @@ def compile_pipeline(
         if separate_batch
         else None,
     )
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 @functools.cache

@@ -174,16 +174,18 @@ def test_tree_runtime_sends_missing_values_where_the_model_does(
 
 @pytest.mark.parametrize("layout", ["complete", "table"])
 def test_tree_layouts_walk_a_known_tree(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """x0 < 0.5 → 1.0 (a leaf above the bottom); else x1 < 0.5 → 2.0, else 3.0; missing goes left, then right."""
+    """x1 < 0.5 → 1.0 (a leaf above the bottom); else x0 < 0.5 → 2.0, else 3.0; missing goes left, then right.
+
+    The padding under the 1.0 leaf tests feature 0 against +inf, so ``x0 = inf`` must still find 1.0 there."""
     if layout == "table":
         monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 0)
-    tree = ([1, -1, 3, -1, -1], [2, -1, 4, -1, -1], [0, 0, 1, 0, 0], [0.5, 0, 0.5, 0, 0],
+    tree = ([1, -1, 3, -1, -1], [2, -1, 4, -1, -1], [1, 0, 0, 0, 0], [0.5, 0, 0.5, 0, 0],
             [True, False, False, False, False], [0, 1.0, 0, 2.0, 3.0])  # fmt: skip
     ensemble = fast_inference.TreeEnsemble([tree, tree], "mean", scale=0.5)
     assert ensemble.complete is (layout == "complete")
-    rows = [[0, 0], [0, 1], [1, 0], [1, 1], [np.nan, 1], [1, np.nan], [0, np.inf], [0.5, 0.49]]
+    rows = [[0, 0], [1, 0], [0, 1], [1, 1], [1, np.nan], [np.nan, 1], [np.inf, 0], [np.inf, 1], [0.49, 0.5]]
     answers = ensemble.predict(np.array(rows, dtype=np.float32))
-    np.testing.assert_array_equal(answers, [1.0, 1.0, 2.0, 3.0, 1.0, 3.0, 1.0, 2.0])
+    np.testing.assert_array_equal(answers, [1.0, 1.0, 2.0, 3.0, 1.0, 3.0, 1.0, 3.0, 2.0])
     logistic = fast_inference.TreeEnsemble([tree], "logistic", bias=-2.0).predict(np.array([[1, 1]], np.float32))
     np.testing.assert_allclose(logistic, [1 / (1 + np.exp(-1.0))])
 
@@ -209,6 +211,59 @@ def test_tree_runtime_refuses_what_it_cannot_reproduce(pipelines: dict[str, Any]
         fast_inference.TreeEnsemble.from_xgboost(type(xgb)(objective="reg:squarederror").fit([[0.0], [1.0]], [0, 1]))
     with pytest.raises(CompileError, match="no trees"):
         fast_inference.TreeEnsemble([], "logistic")
+    matrix, target = xgboost_data()
+    with pytest.raises(CompileError, match="only NaN as missing"):
+        fast_inference.TreeEnsemble.from_xgboost(type(xgb)(n_estimators=3, missing=0.0).fit(matrix, target))
+    with pytest.raises(CompileError, match="gbtree"):
+        fast_inference.TreeEnsemble.from_xgboost(type(xgb)(n_estimators=3, booster="dart").fit(matrix, target))
+    with pytest.raises(CompileError, match="split on feature 5"):  # a model wider than what the encoder writes
+        fast_inference._tree_runtime(type(xgb)(n_estimators=3).fit(matrix, target), n_features=2)
+
+
+def xgboost_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(size=(400, 6)).astype(np.float32)
+    matrix[rng.random(matrix.shape) < 0.1] = np.nan
+    target = (np.nan_to_num(matrix[:, 0]) + np.nan_to_num(matrix[:, 5]) + rng.normal(0, 1, 400) > 0).astype(int)
+    return matrix, target
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_estimators": 20, "max_depth": 3},
+        {"n_estimators": 10, "max_depth": 4, "num_parallel_tree": 3, "base_score": 0.3},
+        {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.5, "early_stopping_rounds": 3},
+        {"n_estimators": 8, "max_depth": 0, "max_leaves": 64, "grow_policy": "lossguide"},  # uneven trees
+    ],
+)
+def test_tree_runtime_follows_the_booster(params: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel trees, early stopping (the best iteration's trees only), base_score, and uneven trees in the node
+    table (the lossguide trees are deeper than the complete layout is allowed here)."""
+    from xgboost import XGBClassifier
+
+    lossguide = params.get("grow_policy") == "lossguide"
+    if lossguide:
+        monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 4)
+
+    matrix, target = xgboost_data()
+    model = XGBClassifier(random_state=0, **params)
+    model.fit(matrix[:300], target[:300], eval_set=[(matrix[300:], target[300:])], verbose=False)
+    if "early_stopping_rounds" in params:
+        assert model.best_iteration < params["n_estimators"] - 1
+    ensemble = fast_inference.TreeEnsemble.from_xgboost(model)
+    assert ensemble.complete is not lossguide
+    np.testing.assert_allclose(ensemble.predict(matrix), model.predict_proba(matrix)[:, 1], atol=1e-6, rtol=0)
+
+
+def test_forest_batches_split_over_threads_answer_like_the_pipeline(pipelines: dict[str, Any]) -> None:
+    pipeline = pipelines["random_forest"]
+    predictor = compile_pipeline(pipeline, batch_threads=2)
+    assert predictor.batch_runtime_name == "trees x2 threads"
+    frame, _ = synthetic_frame(300, seed=6)  # over 2 × SMALL_BATCH_ROWS: two row slices at once
+    np.testing.assert_allclose(
+        predictor.predict_frame(frame), pipeline.predict_proba(frame)[:, 1], atol=fast_inference.TOLERANCE, rtol=0
+    )
 
 
 def test_unsupported_pipelines_are_refused(pipelines: dict[str, Any]) -> None:
