@@ -703,21 +703,25 @@ class FastPredictor:
     def runtimes(self) -> list[Runtime]:
         return [self.runtime] if self.batch_runtime is None else [self.runtime, self.batch_runtime]
 
-    def predict_rows(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+    def predict_rows(self, rows: Sequence[Any], to_row: Callable[[Any], Sequence[Any]] | None = None) -> np.ndarray:
+        """One probability per row; ``to_row``, when given, turns each item into its row first (chunk by chunk,
+        so that for a large batch this work too overlaps the trees of the previous chunk)."""
+
+        def encode(items: Sequence[Any]) -> np.ndarray:
+            return self.encoder.encode_rows(items if to_row is None else list(map(to_row, items)))
+
         batch_runtime = self.batch_runtime
         if batch_runtime is None or len(rows) <= SMALL_BATCH_ROWS:
-            return self.runtime(self.encoder.encode_rows(rows))
+            return self.runtime(encode(rows))
         if len(rows) <= BATCH_CHUNK_ROWS:
-            return batch_runtime(self.encoder.encode_rows(rows))
+            return batch_runtime(encode(rows))
         # Chunk k's trees run on another thread (the batch runtimes release the GIL) while this thread encodes
         # chunk k + 1 (measured against encoding whole by benchmarks/bench_service.py; docs/PERFORMANCE.md).
         pool = _pipeline_pool()
         chunks: list[Future[np.ndarray]] = []
         try:
             for start in range(0, len(rows), BATCH_CHUNK_ROWS):
-                chunks.append(
-                    pool.submit(batch_runtime, self.encoder.encode_rows(rows[start : start + BATCH_CHUNK_ROWS]))
-                )
+                chunks.append(pool.submit(batch_runtime, encode(rows[start : start + BATCH_CHUNK_ROWS])))
             return np.concatenate([chunk.result() for chunk in chunks])
         except BaseException:
             for chunk in chunks:  # nothing left queued for an answer nobody will read

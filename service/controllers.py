@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import compress
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any
 
 import anyio
@@ -37,7 +37,6 @@ from service.metrics import ServiceMetrics
 from service.model_manager import ModelManager, ServedModel, describe
 from service.schemas import (
     BATCH_DECODER,
-    RECORD_COLUMNS,
     RECORD_DECODER,
     BatchRequest,
     BatchResponse,
@@ -52,7 +51,7 @@ from service.schemas import (
     request_body_schema,
 )
 
-_DISCHARGE = itemgetter(RECORD_COLUMNS.index("discharge_disposition_id"))
+_DISCHARGE = attrgetter("discharge_disposition_id")
 # Batches larger than this are predicted in a worker thread so the event loop keeps answering health checks.
 THREAD_OFFLOAD_ROWS = 512
 _AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -188,8 +187,7 @@ class PredictionController(Controller):
                 f"batch has {len(records)} records; the limit is {limit} (HEALTHPREDICT_MAX_BATCH_RECORDS)",
                 [FieldError(field="records", message=f"at most {limit} records")],
             )
-        rows = list(map(msgspec.structs.astuple, records))
-        outside = list(compress(range(len(rows)), map(is_out_of_scope, map(_DISCHARGE, rows))))
+        outside = list(compress(range(len(records)), map(is_out_of_scope, map(_DISCHARGE, records))))
         if outside:
             errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
             raise RequestRejected(
@@ -199,10 +197,11 @@ class PredictionController(Controller):
                 errors,
             )
         served = serving(state)
-        if len(rows) > THREAD_OFFLOAD_ROWS:
-            probabilities = await anyio.to_thread.run_sync(served.predict_rows, rows)
+        # Records become row tuples inside the predictor, chunk by chunk (overlapping the previous chunk's trees).
+        if len(records) > THREAD_OFFLOAD_ROWS:
+            probabilities = await anyio.to_thread.run_sync(served.predict_rows, records, msgspec.structs.astuple)
         else:
-            probabilities = served.predict_rows(rows)
+            probabilities = served.predict_rows(records, msgspec.structs.astuple)
         labels = (probabilities >= served.threshold).astype(np.int64).tolist()
         state.metrics.count_labels(sum(labels), len(labels))
         predictions = list(map(Prediction, probabilities.tolist(), labels))

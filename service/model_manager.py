@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +44,8 @@ class ServedModel:
     version: str
     loaded_at: dt.datetime
 
-    def predict_rows(self, rows: list[tuple[Any, ...]]) -> Any:
-        return self.predictor.predict_rows(rows)
+    def predict_rows(self, rows: Sequence[Any], to_row: Callable[[Any], Sequence[Any]] | None = None) -> Any:
+        return self.predictor.predict_rows(rows, to_row)
 
 
 def build_served_model(info: LoadedModel) -> ServedModel:

@@ -141,6 +141,9 @@ def test_chunked_batches_answer_like_the_pipeline(
     expected = pipelines[family].predict_proba(frame)[:, 1]
     np.testing.assert_allclose(predictor.predict_frame(frame), expected, atol=fast_inference.TOLERANCE, rtol=0)
     np.testing.assert_allclose(predictor.predict_frame(frame.iloc[::-1]), expected[::-1], atol=1e-12, rtol=0)
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")  # rows made chunk by chunk
+    from_records = predictor.predict_rows(records, to_row=lambda r: tuple(r[c] for c in MODEL_INPUT_COLUMNS))
+    np.testing.assert_allclose(from_records, expected, atol=fast_inference.TOLERANCE, rtol=0)
 
 
 def aged_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
