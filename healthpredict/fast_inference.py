@@ -693,6 +693,7 @@ class FastPredictor:
     runtime_name: str
     batch_runtime: Runtime | None = None  # used above SMALL_BATCH_ROWS rows when set
     batch_runtime_name: str | None = None
+    overlap_chunks: bool = False  # batches over BATCH_CHUNK_ROWS: encode the next chunk while one is evaluated
 
     @property
     def description(self) -> str:
@@ -713,7 +714,7 @@ class FastPredictor:
         batch_runtime = self.batch_runtime
         if batch_runtime is None or len(rows) <= SMALL_BATCH_ROWS:
             return self.runtime(encode(rows))
-        if len(rows) <= BATCH_CHUNK_ROWS:
+        if len(rows) <= BATCH_CHUNK_ROWS or not self.overlap_chunks:
             return batch_runtime(encode(rows))
         # Chunk k's trees run on another thread (the batch runtimes release the GIL) while this thread encodes
         # chunk k + 1 (measured against encoding whole by benchmarks/bench_service.py; docs/PERFORMANCE.md).
@@ -805,6 +806,9 @@ def compile_pipeline(
         batch_runtime_name=(f"{batch_runtime} x{threads} threads" if threaded else batch_runtime)
         if separate_batch
         else None,
+        # Measured (benchmarks/bench_service.py): XGBoost's booster leaves room for the encoder beside it and
+        # gains; the forest's trees on their row slices keep every core busy, and chunking it was slower.
+        overlap_chunks=batch is not None and batch_runtime == "xgboost-inplace",
     )
 
 

@@ -133,10 +133,12 @@ def test_dose_combinations_cache_is_bounded(pipelines: dict[str, Any], monkeypat
 def test_chunked_batches_answer_like_the_pipeline(
     pipelines: dict[str, Any], family: Family, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches over the chunk size are encoded and evaluated chunk by chunk, in order."""
+    """XGBoost batches over the chunk size are encoded and evaluated chunk by chunk, in order; the forest's
+    (whose trees already use every core) in one piece."""
     monkeypatch.setattr(fast_inference, "BATCH_CHUNK_ROWS", 40)
     predictor = compile_pipeline(pipelines[family], batch_threads=2)
     assert predictor.batch_runtime is not None
+    assert predictor.overlap_chunks is (family == "xgboost")
     frame, _ = synthetic_frame(230, seed=5)
     expected = pipelines[family].predict_proba(frame)[:, 1]
     np.testing.assert_allclose(predictor.predict_frame(frame), expected, atol=fast_inference.TOLERANCE, rtol=0)
