@@ -116,29 +116,22 @@ def batch_body(bodies: list[bytes], n: int) -> bytes:
 # -- in-process latency ---------------------------------------------------------------------------------------
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, budget_s: float = 20.0) -> float:
+def median_seconds(
+    fn: Callable[[], Any], repeats: int, budget_s: float = 20.0, between: Callable[[], Any] | None = None
+) -> float:
+    """Median time of ``fn`` over ``repeats`` calls (fewer once ``budget_s`` has passed); ``between`` runs,
+    untimed, before each call."""
     fn()
     times = []
     deadline = time.monotonic() + budget_s
     for _ in range(repeats):
+        if between is not None:
+            between()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
         if time.monotonic() > deadline:
             break
-    return statistics.median(times)
-
-
-def median_evicted_seconds(fn: Callable[[], Any], repeats: int, evict: np.ndarray) -> float:
-    """Like :func:`median_seconds`, with ``evict`` (larger than the CPU's L2) written between calls: the state the
-    model is in when the rest of a request has run in between."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        evict += 1.0
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -161,7 +154,11 @@ def interleaved_ms(first: Callable[[], Any], second: Callable[[], Any]) -> tuple
 
 def runtime_rows(pipeline: Any, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """One encoded row through each runtime the family can use, side by side."""
-    evict = np.zeros(4_000_000)  # 32 MB
+    evict = np.zeros(4_000_000)  # 32 MB, larger than the CPU's L2: written between calls, as the rest of a request
+
+    def evict_caches() -> None:
+        np.add(evict, 1.0, out=evict)
+
     results = []
     for name in runtimes_for(pipeline):
         predictor = compile_pipeline(pipeline, runtime=name)
@@ -170,7 +167,7 @@ def runtime_rows(pipeline: Any, rows: list[tuple[Any, ...]]) -> list[dict[str, A
             {
                 "runtime": name,
                 "row_us": median_seconds(call, 2000, budget_s=5.0) * 1e6,
-                "row_evicted_us": median_evicted_seconds(call, 200, evict) * 1e6,
+                "row_evicted_us": median_seconds(call, 200, between=evict_caches) * 1e6,
             }
         )
     return results

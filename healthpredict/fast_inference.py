@@ -525,14 +525,11 @@ class TreeEnsemble:
         return cls(converted, "mean", scale=1.0 / len(converted), less_equal=True)
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        if self.complete:
-            return _complete_tree_kernel()(
-                self.nodes, self.thresholds, self.leaf_values, matrix, self.logistic, self.bias, self.scale
-            )
-        return _table_tree_kernel()(
-            self.nodes, self.thresholds, self.roots, self.leaf_values, matrix, self.logistic, self.bias, self.scale
-        )
+        complete, table = _tree_kernels()
+        return (complete if self.complete else table)(
+            self.nodes, self.thresholds, self.roots, self.leaf_values, np.ascontiguousarray(matrix, dtype=np.float32),
+            self.logistic, self.bias, self.scale,
+        )  # fmt: skip
 
 
 def _strict_threshold(threshold: float) -> float:
@@ -544,14 +541,21 @@ def _strict_threshold(threshold: float) -> float:
 
 
 @functools.cache
-def _complete_tree_kernel() -> Callable[..., np.ndarray]:
-    """The walk over complete trees, compiled by numba on first use (about a second, once per process)."""
+def _tree_kernels() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
+    """The walks over complete trees and over a node table, with one signature
+    ``(nodes, thresholds, roots, leaf_values, matrix, logistic, bias, scale)`` (``roots``: the node table's
+    only). numba compiles each on its first call (about a second, once per process)."""
     import numba
+
+    @numba.njit(nogil=True, cache=False)
+    def link(total: float, logistic: bool, bias: float, scale: float) -> float:  # pragma: no cover - compiled
+        return 1.0 / (1.0 + np.exp(-(total + bias))) if logistic else total * scale
 
     @numba.njit(nogil=True, cache=False)
     def complete_tree_probabilities(
         nodes: np.ndarray,
         thresholds: np.ndarray,
+        roots: np.ndarray,
         leaf_values: np.ndarray,
         matrix: np.ndarray,
         logistic: bool,
@@ -574,17 +578,8 @@ def _complete_tree_kernel() -> Callable[..., np.ndarray]:
             total = 0.0
             for tree in range(trees):
                 total += leaf_values[tree, position[tree] - splits]
-            out[row] = 1.0 / (1.0 + np.exp(-(total + bias))) if logistic else total * scale
+            out[row] = link(total, logistic, bias, scale)
         return out
-
-    result: Callable[..., np.ndarray] = complete_tree_probabilities
-    return result
-
-
-@functools.cache
-def _table_tree_kernel() -> Callable[..., np.ndarray]:
-    """The walk over a node table (deep trees), compiled by numba on first use."""
-    import numba
 
     @numba.njit(nogil=True, cache=False)
     def table_tree_probabilities(
@@ -615,11 +610,10 @@ def _table_tree_kernel() -> Callable[..., np.ndarray]:
                     feature = nodes[node, 0]
                 sums[row] += leaf_values[nodes[node, 2]]
         for row in range(rows):
-            sums[row] = 1.0 / (1.0 + np.exp(-(sums[row] + bias))) if logistic else sums[row] * scale
+            sums[row] = link(sums[row], logistic, bias, scale)
         return sums
 
-    result: Callable[..., np.ndarray] = table_tree_probabilities
-    return result
+    return complete_tree_probabilities, table_tree_probabilities
 
 
 def _tree_runtime(model: Any, n_features: int) -> Runtime:
@@ -718,7 +712,7 @@ class FastPredictor:
             return batch_runtime(encode(rows))
         # Chunk k's trees run on another thread (the batch runtimes release the GIL) while this thread encodes
         # chunk k + 1 (measured against encoding whole by benchmarks/bench_service.py; docs/PERFORMANCE.md).
-        pool = _pipeline_pool()
+        pool = _pool("batch", 1)
         chunks: list[Future[np.ndarray]] = []
         try:
             for start in range(0, len(rows), BATCH_CHUNK_ROWS):
@@ -820,20 +814,16 @@ def _usable_cores() -> int:
 
 
 @functools.cache
-def _row_pool(threads: int) -> ThreadPoolExecutor:
-    """One pool per thread count for the whole process (a reload does not add threads)."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="healthpredict-rows")
-
-
-@functools.cache
-def _pipeline_pool() -> ThreadPoolExecutor:
-    """The thread that evaluates a batch's encoded chunks in order (separate from the row pools it may use)."""
-    return ThreadPoolExecutor(1, thread_name_prefix="healthpredict-batch")
+def _pool(purpose: str, threads: int) -> ThreadPoolExecutor:
+    """One pool per purpose and size for the whole process (a reload adds no threads). ``"batch"`` (one thread)
+    evaluates a batch's chunks in order; ``"rows"`` runs row slices, and is a different pool so that a chunk
+    waiting on its slices never waits on itself."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=f"healthpredict-{purpose}")
 
 
 def _split_rows(runtime: Runtime, threads: int) -> Runtime:
     """Run a runtime that releases the GIL (the tree runtime) on ``threads`` slices of the rows at once."""
-    pool = _row_pool(threads)
+    pool = _pool("rows", threads)
 
     def predict(matrix: np.ndarray) -> np.ndarray:
         if len(matrix) < threads * SMALL_BATCH_ROWS:
