@@ -29,6 +29,34 @@ def _ray(*args: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([ray, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
+HEAVIEST_FOREST = {
+    "n_estimators": 250, "max_depth": 17, "max_leaf_nodes": 0,
+    "min_samples_leaf": 2, "max_features": 0.25, "max_samples": 0.6,
+}  # fmt: skip
+
+
+def _wait_until_both_nodes_run_tasks(nodes: set[str], timeout_s: float = 90) -> None:
+    """Block until two one-CPU tasks started together land one on each node.
+
+    A node is listed alive before the cluster schedules onto it; this also starts the worker node's
+    worker processes, so its first trial does not wait for them.
+    """
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def where() -> str:
+        time.sleep(1.0)
+        return str(ray.get_runtime_context().get_node_id())
+
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = set(ray.get([where.remote() for _ in nodes]))
+        if seen == nodes:
+            return
+    raise AssertionError(f"two concurrent tasks never spread over both nodes: last ran on {seen}, nodes {nodes}")
+
+
 def test_search_runs_on_a_two_node_cluster(real_split_home: Path, tmp_path: Path) -> None:
     import ray
 
@@ -64,9 +92,16 @@ def test_search_runs_on_a_two_node_cluster(real_split_home: Path, tmp_path: Path
             assert len(nodes) == 2, "the second node did not join"
             assert {n["NodeManagerAddress"] for n in alive} == {"127.0.0.2", "127.0.0.3"}
             assert ray.get_runtime_context().gcs_address == address
-            result = run_search("random_forest", data, settings, 120, tmp_path / "ray-results")
+            _wait_until_both_nodes_run_tasks(nodes)
+            # The first trial is the search space's heaviest configuration (seconds, not the fraction of a second
+            # of the lightest), so it holds the head's CPU while the second trial is placed: that one must go to
+            # the worker instead of waiting for the head's actor to be reused.
+            result = run_search(
+                "random_forest", data, settings, 300, tmp_path / "ray-results", start_from=HEAVIEST_FOREST
+            )
         assert not ray.is_initialized()  # disconnected, cluster left running for its owner
         assert len(result.trials) == 2
+        assert HEAVIEST_FOREST in [t.params for t in result.trials]
         used = {t.node_id for t in result.trials}
         # two concurrent trials, one CPU per node: one trial on each node, data shipped through the object store
         assert used == nodes, f"trials ran on {used}, cluster nodes {nodes}"
