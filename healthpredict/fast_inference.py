@@ -617,17 +617,15 @@ def _tree_kernels() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray
 
 
 def _tree_runtime(model: Any, n_features: int) -> Runtime:
-    try:
-        import numba  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - numba is a dependency
-        raise CompileError(f"tree runtime needs numba: {exc}") from None
     if isinstance(model, RandomForestClassifier):
         ensemble = TreeEnsemble.from_random_forest(model)
     else:
         ensemble = TreeEnsemble.from_xgboost(model)
     if ensemble.max_feature >= n_features:  # the kernels do not check bounds: refuse a model wider than its input
         raise CompileError(f"the trees split on feature {ensemble.max_feature}; the encoder writes {n_features}")
-    try:  # compile now, so that a numba failure is a refused runtime (and the next one is tried), not a failed load
+    # Compile now, so that a numba failure (numba missing included) is a refused runtime and the next one is
+    # tried, not a failed load.
+    try:
         ensemble.predict(np.zeros((1, n_features), dtype=np.float32))
     except Exception as exc:
         raise CompileError(f"tree runtime failed to compile: {type(exc).__name__}: {exc}") from None
