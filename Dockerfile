@@ -2,34 +2,41 @@
 #
 #   docker build -t healthpredict-service:<model version>-<git sha> .
 #
-# It holds the serving dependencies only (docker/requirements-service.txt): the Prefect worker image with the
-# training stack is docker/worker/Dockerfile, the MLflow server image docker/mlflow/Dockerfile.
-# PYTHON_IMAGE may point at a locally built/mirrored Python 3.11 image (offline builds: docker/base-image.sh).
+# It holds the serving dependencies only (the `service` dependency group, at the versions uv.lock pins): the
+# Prefect worker image with the training stack is docker/worker/Dockerfile, the MLflow server image
+# docker/mlflow/Dockerfile. PYTHON_IMAGE may point at a locally built/mirrored Python 3.11 image (offline
+# builds: docker/base-image.sh).
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG UV_VERSION=0.13.9
 
 # ---------------------------------------------------------------------------------------------
 # builder: produces a self-contained virtualenv in /opt/venv from binary wheels only.
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
+ARG UV_VERSION
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_NO_CACHE=1 \
+    UV_NATIVE_TLS=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
 
-RUN python -m venv /opt/venv
+RUN pip install "uv==${UV_VERSION}"
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Dependencies first (a layer that survives code changes), then the project without re-resolving them.
-COPY docker/requirements-service.txt ./
-RUN pip install --only-binary=:all: -r requirements-service.txt
+# Dependencies first (a layer that survives code changes), from the lock, binary wheels only; then the
+# project without re-resolving them.
+COPY pyproject.toml uv.lock ./
+RUN uv sync --frozen --no-build --no-install-project --only-group service
 # Only what the package build needs: no tests, data, .env or VCS metadata.
 COPY pyproject.toml README.md ./
 COPY healthpredict ./healthpredict
 COPY flows ./flows
 COPY service ./service
 # The service's import graph must be complete without the training stack: fail the build, not the pod.
-RUN pip install --no-deps . \
+RUN uv pip install --python /opt/venv/bin/python --no-deps . \
     && python -c "import service.app, healthpredict.cli, healthpredict.fast_inference, onnxmltools, skl2onnx"
 
 # ---------------------------------------------------------------------------------------------

@@ -59,7 +59,9 @@ def _download(url: str, destination: Path, timeout: float = 60.0) -> None:
             total = int(response.headers.get("Content-Length") or 0) or None
             with (
                 open(partial, "wb") as out,
-                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name[:40]}") as bar,
+                tqdm(
+                    total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name[:40]}", disable=None
+                ) as bar,
             ):
                 while block := response.read(1 << 16):
                     out.write(block)

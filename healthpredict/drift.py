@@ -449,9 +449,18 @@ def load_champion(settings: Settings) -> LoadedModel:
 
 
 def log_drift_run(
-    settings: Settings, result: DriftResult, reference: pd.DataFrame, current: pd.DataFrame, model: LoadedModel
+    settings: Settings,
+    result: DriftResult,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    model: LoadedModel,
+    html_report: bool = True,
 ) -> tuple[str, str]:
-    """One MLflow run per batch in the drift experiment: metrics, thresholds, tags and the HTML report."""
+    """One MLflow run per batch in the drift experiment: metrics, thresholds, tags and (if asked) the HTML report.
+
+    Evidently's HTML report takes about as long as everything else together (≈ 5 s), so a quick check can
+    leave it out.
+    """
     import mlflow
 
     experiment_id = ensure_experiment(settings, settings.tracking.drift_experiment)
@@ -463,20 +472,23 @@ def log_drift_run(
             "dataset_drift": str(result.dataset_drift).lower(), "alert": str(result.alert).lower(),
             "drifted_features": ",".join(result.drifted_features),
         })  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
-            html = write_drift_report_html(reference, current, Path(tmp) / REPORT_FILE, model, result.thresholds)
-            mlflow.log_artifact(str(html))
+        if html_report:
+            with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
+                html = write_drift_report_html(reference, current, Path(tmp) / REPORT_FILE, model, result.thresholds)
+                mlflow.log_artifact(str(html))
         mlflow.log_text(result.summary_markdown(), "drift_summary.md")
         mlflow.log_dict({"features": [asdict(f) for f in result.features]}, "drift_features.json")
         return str(run.info.experiment_id), str(run.info.run_id)
 
 
-def monitor_batch(settings: Settings, batch: str | int, thresholds: DriftThresholds | None = None) -> DriftResult:
+def monitor_batch(
+    settings: Settings, batch: str | int, thresholds: DriftThresholds | None = None, html_report: bool = True
+) -> DriftResult:
     """Check one future batch against the champion's training data and record it in MLflow."""
     name, reference, current = read_reference_and_batch(settings, batch)
     configure_tracking(settings)
     model = load_champion(settings)
     result = replace(check_drift(reference, current, model, thresholds), batch=name)
-    experiment_id, run_id = log_drift_run(settings, result, reference, current, model)
+    experiment_id, run_id = log_drift_run(settings, result, reference, current, model, html_report)
     log.info("drift %s: share %.3f, dataset drift %s, run %s", name, result.drift_share, result.dataset_drift, run_id)
     return replace(result, run_id=run_id, experiment_id=experiment_id)

@@ -500,7 +500,12 @@ def improve(
             auc_before=auc_before, baseline_auc=baseline, frozen_auc=frozen_auc, predictions_uri=predictions_uri,
             injected=injected,
         )  # fmt: skip
-        log.info("%s: share %.3f, AUC %s → %s", name, drift.drift_share, auc_before, trigger.reason)
+        auc_text = "n/a" if auc_before is None else f"{auc_before:.4f}"
+        log.info(
+            "batch %d of %d (%s): drift share %.3f, champion v%s AUC %s; %s",
+            index + 1, len(names), name, drift.drift_share, champion.version, auc_text,
+            "retraining" if trigger.retrain else "keeping the champion",
+        )  # fmt: skip
         if trigger.retrain:
             window = training_window(initial, seen, policy.training_window, policy.recency_half_life)
             frames = holdout_split(window, frame, policy.holdout_fraction, settings.data.val_fraction, options.seed)
@@ -528,6 +533,7 @@ def improve(
                     reference = frames["train"]
                     behind = 0
                     record = replace(record, champion_after=str(champion.version))
+        log.info("batch %d of %d (%s): %s (%s)", index + 1, len(names), name, record.decision, record.reason)
         run_id = log_decision(settings, experiment_id, record, drift)
         decisions.append(replace(record, run_id=run_id))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

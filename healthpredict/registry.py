@@ -18,16 +18,20 @@ import mlflow
 import numpy as np
 import pandas as pd
 import sklearn
+import skops
+import skops.io
 import xgboost
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
+from skops.io.exceptions import UntrustedTypesFoundException
 
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
-from healthpredict.schema import TARGET_COLUMN
+from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS, TARGET_COLUMN
 from healthpredict.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,18 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
+SERIALIZATION_FORMAT = "skops"
+
+#: The types outside scikit-learn's own that a logged pipeline may hold. Models are saved with skops, and
+#: loading refuses every other non-default type (this list comes from the code, never from the model's own
+#: MLmodel file). Reviewed: each is rebuilt from plain state (arrays, numbers, XGBoost's model buffer);
+#: none runs code while loading.
+TRUSTED_MODEL_TYPES: tuple[str, ...] = (
+    "healthpredict.features.FeatureEngineer",
+    "sklearn.tree._tree.Tree",
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBClassifier",
+)
 
 
 class RegistryError(RuntimeError):
@@ -48,7 +64,7 @@ def pip_requirements() -> list[str]:
         f"xgboost=={xgboost.__version__}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
-        "cloudpickle",
+        f"skops=={skops.__version__}",
         "healthpredict",
     ]
 
@@ -112,28 +128,45 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def log_pipeline(
-    pipeline: Pipeline,
-    example: pd.DataFrame,
-    metadata: dict[str, Any],
-) -> mlflow.models.model.ModelInfo:
-    """Log one fitted pipeline (cloudpickle: it holds XGBoost and project types) with signature and example.
+def model_signature() -> ModelSignature:
+    """The input contract of every logged pipeline, from the dataset schema (not inferred from a sample).
+
+    Integer columns are declared ``long`` and never hold missing values (the schema refuses them); the
+    columns the dataset itself leaves blank are optional strings. The output is the readmission probability.
+    """
+    inputs = Schema(
+        [
+            ColSpec("long" if column in INTEGER_COLUMNS else "string", column, required=column not in NULLABLE_COLUMNS)
+            for column in MODEL_INPUT_COLUMNS
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float64), (-1,))]))
+
+
+def _model_arguments(example: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
+    if "threshold" not in metadata:
+        raise ValueError("a logged model needs its decision threshold in metadata['threshold']")
+    return {
+        "serialization_format": SERIALIZATION_FORMAT,
+        "skops_trusted_types": list(TRUSTED_MODEL_TYPES),
+        "signature": model_signature(),
+        "input_example": model_inputs(example).head(3),
+        "pip_requirements": pip_requirements(),
+        "metadata": {**metadata, "input_columns": list(MODEL_INPUT_COLUMNS)},
+    }
+
+
+def log_pipeline(pipeline: Pipeline, example: pd.DataFrame, metadata: dict[str, Any]) -> mlflow.models.model.ModelInfo:
+    """Log one fitted pipeline (skops, see :data:`TRUSTED_MODEL_TYPES`) with signature and input example.
 
     ``metadata`` must hold the decision ``threshold``; it travels in the MLmodel file with the model.
     """
-    if "threshold" not in metadata:
-        raise ValueError("a logged model needs its decision threshold in metadata['threshold']")
-    inputs = model_inputs(example)
-    signature = infer_signature(inputs, pipeline.predict_proba(inputs)[:, 1])
-    return mlflow.sklearn.log_model(
-        pipeline,
-        name=MODEL_ARTIFACT,
-        serialization_format="cloudpickle",
-        signature=signature,
-        input_example=inputs.head(3),
-        pip_requirements=pip_requirements(),
-        metadata={**metadata, "input_columns": list(MODEL_INPUT_COLUMNS)},
-    )
+    return mlflow.sklearn.log_model(pipeline, name=MODEL_ARTIFACT, **_model_arguments(example, metadata))
+
+
+def save_pipeline(pipeline: Pipeline, path: Path, example: pd.DataFrame, metadata: dict[str, Any]) -> None:
+    """Save a fitted pipeline as a model folder, exactly as :func:`log_pipeline` logs it."""
+    mlflow.sklearn.save_model(pipeline, str(path), **_model_arguments(example, metadata))
 
 
 def register_challenger(settings: Settings, model_uri: str, tags: dict[str, str]) -> ModelVersion:
@@ -190,6 +223,35 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, version or None, None
 
 
+def _load_pipeline(uri: str, resolved: str) -> tuple[Pipeline, Model]:
+    """The pipeline and MLmodel of ``resolved``, deserialised only by skops with :data:`TRUSTED_MODEL_TYPES`."""
+    try:
+        local = Path(resolved) if Path(resolved).is_dir() else Path(mlflow.artifacts.download_artifacts(resolved))
+        info = Model.load(str(local))
+    except MlflowException as exc:
+        raise RegistryError(f"{uri}: model cannot be loaded ({exc.message})") from exc
+    except OSError as exc:
+        raise RegistryError(f"{uri}: model cannot be loaded ({exc})") from exc
+    flavor = info.flavors.get("sklearn")
+    if flavor is None:
+        raise RegistryError(f"{uri}: not a scikit-learn model (flavors: {', '.join(sorted(info.flavors))})")
+    serialization = flavor.get("serialization_format")
+    if serialization != SERIALIZATION_FORMAT:
+        raise RegistryError(
+            f"{uri}: saved as {serialization!r}, a format that can run code when loaded; only {SERIALIZATION_FORMAT!r} "
+            "models are loaded (train or log it again with this version of healthpredict)"
+        )
+    try:
+        pipeline = skops.io.load(local / flavor["pickled_model"], trusted=list(TRUSTED_MODEL_TYPES))
+    except UntrustedTypesFoundException as exc:
+        raise RegistryError(f"{uri}: the model holds types that are not trusted ({exc})") from exc
+    except Exception as exc:  # a damaged artifact fails in many ways (zip, JSON, array parsing): name it
+        raise RegistryError(f"{uri}: model cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(pipeline, Pipeline):
+        raise RegistryError(f"{uri}: expected an sklearn Pipeline, found {type(pipeline).__name__}")
+    return pipeline, info
+
+
 def load_model(uri: str) -> LoadedModel:
     """Load a logged pipeline from a registry URI (``models:/name@alias``, ``models:/name/N``) or a folder."""
     name = version = alias = run_id = None
@@ -207,18 +269,10 @@ def load_model(uri: str) -> LoadedModel:
             raise RegistryError(f"{uri}: no such registered model version or alias ({exc.message})") from exc
         version, run_id = str(mv.version), mv.run_id
         resolved = f"models:/{name}/{version}"
-    try:
-        pipeline = mlflow.sklearn.load_model(resolved)
-        info = Model.load(resolved)
-    except MlflowException as exc:
-        raise RegistryError(f"{uri}: model cannot be loaded ({exc.message})") from exc
-    except OSError as exc:
-        raise RegistryError(f"{uri}: model cannot be loaded ({exc})") from exc
+    pipeline, info = _load_pipeline(uri, resolved)
     metadata = info.metadata or {}
     if "threshold" not in metadata:
         raise RegistryError(f"{uri}: the model carries no decision threshold in its metadata")
-    if not isinstance(pipeline, Pipeline):
-        raise RegistryError(f"{uri}: expected an sklearn Pipeline, found {type(pipeline).__name__}")
     return LoadedModel(
         pipeline=pipeline,
         threshold=float(metadata["threshold"]),

@@ -233,6 +233,47 @@ class Settings:
         return replace(self, training=replace(self.training, **given)) if given else self
 
 
+# Seconds the embedded Prefect server may take to start: its first start on a new PREFECT_HOME creates and
+# migrates the database, which takes longer than Prefect's own 20 s default on a small, busy machine.
+PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S = 300
+
+
+def tool_environment(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment defaults for the embedded tools, for an entrypoint to apply before it imports them.
+
+    A value the user already set is never overridden. Prefect keeps its state (database, profiles) under
+    ``HEALTHPREDICT_HOME``, waits long enough for its temporary server's first start, and sends no telemetry;
+    our own log lines also reach Prefect's run logs; Ray stays on loopback, sends no usage statistics and
+    prints no per-trial tables (the search reports its own progress); MLflow logs warnings only.
+    """
+    env = os.environ if env is None else env
+    defaults = {
+        "PREFECT_HOME": str(settings.home / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "healthpredict",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+    }
+    if not settings.training.ray_address:
+        defaults["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a local Ray instance binds to loopback
+    return {name: value for name, value in defaults.items() if _get(env, name) is None}
+
+
+def apply_tool_environment(settings: Settings) -> None:
+    """Set :func:`tool_environment`'s defaults in this process (entrypoints only; libraries never call this).
+
+    Prefect creates its home without parents, so a Prefect home placed under a new ``HEALTHPREDICT_HOME`` is
+    created here.
+    """
+    defaults = tool_environment(settings)
+    if "PREFECT_HOME" in defaults:
+        Path(defaults["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.update(defaults)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""

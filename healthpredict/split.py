@@ -119,7 +119,7 @@ def write_split(
     files: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="healthpredict-split-") as tmp:
         staged = Path(tmp)
-        for name, frame in tqdm(frames.parts.items(), desc="write split", unit="part"):
+        for name, frame in tqdm(frames.parts.items(), desc="write split", unit="part", disable=None):
             path = staged / f"{name}.parquet"
             frame.to_parquet(path, index=False, engine="pyarrow", compression="zstd")
             files[name] = {"file": path.name, "sha256": sha256_file(path), **describe_part(frame)}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 import ray
 from ray import tune
@@ -41,6 +42,34 @@ from healthpredict.settings import Family, Settings
 
 log = logging.getLogger(__name__)
 METRIC = "val_auc"
+
+
+class SearchProgress(tune.Callback):
+    """A line per finished trial: trials done of planned, best validation AUC so far, time used of the budget.
+
+    Ray's own trial tables are off (see :func:`healthpredict.settings.tool_environment`); this is what a
+    person watching a search sees instead, through the ``healthpredict`` logger (and Prefect's run logs).
+    """
+
+    def __init__(self, family: Family, planned: int, budget_s: float) -> None:
+        self.family = family
+        self.planned = planned
+        self.budget_s = budget_s
+        self.started = time.monotonic()
+        self.done = 0
+        self.best: float | None = None
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.done += 1
+        score = (trial.last_result or {}).get(METRIC)
+        if score is not None:
+            self.best = float(score) if self.best is None else max(self.best, float(score))
+        elapsed = time.monotonic() - self.started
+        best = "none yet" if self.best is None else f"{self.best:.4f}"
+        log.info(
+            "search %s: %d/%d trials done, best val AUC %s, %.0f s elapsed, %.0f s of budget left",
+            self.family, self.done, self.planned, best, elapsed, max(0.0, self.budget_s - elapsed),
+        )  # fmt: skip
 
 
 class NoTrialResults(RuntimeError):
@@ -149,11 +178,12 @@ def ray_session(settings: Settings) -> Iterator[None]:
         yield
         return
     address = settings.training.ray_address
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        )
     try:
         yield
     finally:
@@ -176,6 +206,7 @@ def run_search(
     """
     training = settings.training
     started = time.monotonic()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # SearchProgress reports the search instead
     space = search_space(family)
     points = [dict(start_from)] if start_from and set(start_from) == set(space) else None
     if start_from and points is None:
@@ -207,7 +238,12 @@ def run_search(
             time_budget_s=max(1.0, time_budget_s),
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name=f"{family}-{int(time.time())}", storage_path=str(storage), verbose=0),
+        run_config=tune.RunConfig(
+            name=f"{family}-{int(time.time())}",
+            storage_path=str(storage),
+            verbose=0,
+            callbacks=[SearchProgress(family, training.trials_per_family, time_budget_s)],
+        ),
     )
     grid = tuner.fit()
     trials: list[TrialRecord] = []

@@ -7,6 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,27 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(
     os.environ.get("HEALTHPREDICT_TEST_RAW_DATA", PROJECT_ROOT.parent / "shared/data/dataset_diabetes.zip")
 )
+
+
+REQUIRE_TOOLS_VARIABLE = "HEALTHPREDICT_REQUIRE_TOOLS"
+
+
+def tool_unavailable(reason: str) -> NoReturn:
+    """Skip a test whose external tool (kubectl, docker-compose, a Docker engine, ...) is missing here, or fail
+    it when ``HEALTHPREDICT_REQUIRE_TOOLS=1`` (set by ``.ci/run``): CI never skips silently."""
+    if os.environ.get(REQUIRE_TOOLS_VARIABLE) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_TOOLS_VARIABLE}=1: every tool the tests use is required)")
+    pytest.skip(reason)
+
+
+def require_executable(name: str, install_hint: str) -> str:
+    """The path of ``name`` on the PATH, or :func:`tool_unavailable`."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        tool_unavailable(f"{name} is not on the PATH ({install_hint})")
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -139,6 +139,13 @@ def test_monitor_batch_logs_a_run_with_the_html_report(champion_settings: Settin
     assert html.stat().st_size > 100_000 and "age_ordinal" in html.read_text()
 
 
+def test_quick_check_leaves_the_html_report_out(champion_settings: Settings) -> None:
+    """`healthpredict drift` without --report: the same verdict and metrics, no Evidently report built."""
+    result = monitor_batch(champion_settings, 1, html_report=False)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    assert {"drift_summary.md", "drift_features.json"} <= artifacts and REPORT_FILE not in artifacts
+
+
 @pytest.fixture
 def broken_split(tmp_path: Path, champion_settings: Settings) -> tuple[Settings, Path]:
     """A writable copy of the split, tracked in the champion's store."""

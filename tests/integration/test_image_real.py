@@ -4,7 +4,7 @@ Needs a Docker engine. The session uses the one ``DOCKER_HOST``/the default sock
 when running as root with ``dockerd`` installed, it starts its own engine on a private socket and stops it by
 PID afterwards. No base image can be pulled here, so ``docker/base-image.sh`` makes one from Debian bookworm
 with debootstrap (once; it is kept for later runs). Without an engine the test is skipped, unless
-``HEALTHPREDICT_REQUIRE_DOCKER=1`` (set by ``.ci/run``) turns that into a failure.
+``HEALTHPREDICT_REQUIRE_TOOLS=1`` (set by ``.ci/run``) turns that into a failure.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, free_port, stop_process, wait_for_http
+from conftest import PROJECT_ROOT, free_port, stop_process, tool_unavailable, wait_for_http
 
 from healthpredict.deploy.image import build_image, current_git_sha, image_tag
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
 from healthpredict.modeling import build_pipeline
+from healthpredict.registry import save_pipeline
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.split import SplitReader
 
@@ -40,9 +40,7 @@ COMPILERS = ("gcc", "cc", "g++", "clang", "make")
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("HEALTHPREDICT_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"a Docker engine is required (HEALTHPREDICT_REQUIRE_DOCKER=1): {reason}")
-    pytest.skip(reason)
+    tool_unavailable(f"a Docker engine is required: {reason}")
 
 
 def _ping(client: Any) -> bool:
@@ -134,9 +132,7 @@ def model_dir(real_split_home: Path, tmp_path_factory: pytest.TempPathFactory) -
     pipeline = build_pipeline("xgboost", params, seed=0)
     pipeline.fit(model_inputs(train), train[TARGET_COLUMN])
     folder = tmp_path_factory.mktemp("image-model") / "model"
-    mlflow.sklearn.save_model(
-        pipeline, str(folder), serialization_format="cloudpickle", metadata={"threshold": 0.5, "family": "xgboost"}
-    )
+    save_pipeline(pipeline, folder, train, {"threshold": 0.5, "family": "xgboost"})
     for path in [folder, *folder.rglob("*")]:  # the container user (uid 10001) reads it through a bind mount
         path.chmod(0o755 if path.is_dir() else 0o644)
     folder.parent.chmod(0o755)

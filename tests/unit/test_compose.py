@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import require_executable
 
 pytestmark = pytest.mark.unit
 
@@ -72,12 +72,7 @@ def _depends(service: dict[str, Any]) -> dict[str, Any]:
 
 
 def _docker_compose() -> str:
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("docker-compose is required in CI (apt-get install docker-compose)")
-        pytest.skip("docker-compose (v1) not installed; CI installs it with apt-get install docker-compose")
-    return exe
+    return require_executable("docker-compose", "apt-get install docker-compose")
 
 
 def _run_config(env_file: Path) -> subprocess.CompletedProcess[str]:

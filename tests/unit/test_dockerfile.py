@@ -95,10 +95,11 @@ def test_multi_stage_with_substitutable_python_base(parsed: tuple[dict[str, str]
         assert stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE"), f"stage {stage.name} ignores PYTHON_IMAGE"
     builder = stages[0]
     runs = builder.args("RUN")
-    assert any(re.search(r"\bpip install --only-binary=:all: -r requirements-service.txt", r) for r in runs)
-    assert any(re.search(r"\bpip install --no-deps \.(\s|$)", r) for r in runs), "builder must install the project"
-    assert any("/opt/venv" in r for r in runs)
-    assert "docker/requirements-service.txt ./" in builder.args("COPY")
+    # the service dependency group at the versions the lock pins, binary wheels only, then the project alone
+    assert any(re.search(r"\buv sync --frozen --no-build --no-install-project --only-group service\b", r) for r in runs)
+    assert any(re.search(r"\bpip install\b.*--no-deps \.(\s|$)", r) for r in runs), "builder must install the project"
+    assert "pyproject.toml uv.lock ./" in builder.args("COPY")
+    assert "UV_PROJECT_ENVIRONMENT=/opt/venv" in " ".join(builder.args("ENV"))
 
 
 def _requirements(lines: list[str]) -> dict[str, str]:
@@ -116,8 +117,9 @@ def _requirements(lines: list[str]) -> dict[str, str]:
 def test_service_requirements_are_project_dependencies_with_the_same_ranges() -> None:
     import tomllib
 
-    project = _requirements(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
-    service = _requirements((REPO / "docker" / "requirements-service.txt").read_text().splitlines())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = _requirements(pyproject["project"]["dependencies"])
+    service = _requirements(pyproject["dependency-groups"]["service"])
     same_module = {"mlflow-skinny": "mlflow", "xgboost-cpu": "xgboost"}  # client half / no CUDA, same module
     for name, spec in service.items():
         declared = same_module.get(name, name)
@@ -137,6 +139,15 @@ def test_other_images_are_non_root_from_the_same_base(path: str) -> None:
     assert final_stage.args("HEALTHCHECK")
     for stage in stages:
         assert not any(BUILD_TOOLS.search(run) for run in stage.args("RUN")), path
+
+
+def test_worker_image_installs_the_locked_dependencies() -> None:
+    _, stages = parse((REPO / "docker" / "worker" / "Dockerfile").read_text())
+    builder = stages[0]
+    runs = builder.args("RUN")
+    assert "pyproject.toml uv.lock ./" in builder.args("COPY")
+    assert any(re.search(r"\buv sync --frozen --no-build --no-install-project$", r) for r in runs)
+    assert any(re.search(r"\bpip install\b.*--no-deps \.$", r) for r in runs)
 
 
 def test_final_stage_copies_only_the_venv(parsed: tuple[dict[str, str], list[Stage]], final: Stage) -> None:

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
+from conftest import require_executable, tool_unavailable
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +38,6 @@ IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])|(?<![\w:])::1(?![\w:])")
 
 KUBECTL = shutil.which("kubectl")
-requires_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not on PATH")
 
 
 def _prepared_tree(tmp_path: Path) -> Path:
@@ -61,8 +62,7 @@ def _render(tree: Path, target: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    if KUBECTL is None:
-        pytest.skip("kubectl (with kustomize) is not on PATH")
+    require_executable("kubectl", "kubectl with kustomize, from the Kubernetes release or apt")
     tree = _prepared_tree(tmp_path_factory.mktemp("kustomize"))
     return {target: _render(tree, target) for target in TARGETS}
 
@@ -113,10 +113,8 @@ def _split_image(image: str) -> tuple[str, str | None]:
 # ------------------------------------------------------------------------- schema
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_document_validates_against_k8s_schema(rendered: dict, target: str) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     from packaging.version import Version
 
     bundled = kubernetes_validate.latest_version()
@@ -134,7 +132,6 @@ def test_every_document_validates_against_k8s_schema(rendered: dict, target: str
 
 def test_validator_rejects_an_invalid_deployment() -> None:
     """Guard: the schema check above really fails on a broken object."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     bad = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -148,7 +145,6 @@ def test_validator_rejects_an_invalid_deployment() -> None:
 # ------------------------------------------------------------------------- naming / structure
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_contract_names_namespace_and_labels(rendered: dict, target: str) -> None:
     docs = rendered[target]
@@ -167,7 +163,6 @@ def test_contract_names_namespace_and_labels(rendered: dict, target: str) -> Non
     _container(docs)
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_rollout_strategy_and_replicas(rendered: dict, target: str) -> None:
     spec = _deployment(rendered[target])["spec"]
@@ -177,7 +172,6 @@ def test_rollout_strategy_and_replicas(rendered: dict, target: str) -> None:
     assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 1
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_probes_hit_the_right_endpoints(rendered: dict, target: str) -> None:
     c = _container(rendered[target])
@@ -195,7 +189,6 @@ def test_probes_hit_the_right_endpoints(rendered: dict, target: str) -> None:
         assert get["port"] in (8000, port.get("name")), f"{probe} targets port {get['port']}"
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_serve_command_and_env_contract(rendered: dict, target: str) -> None:
     c = _container(rendered[target])
@@ -218,7 +211,6 @@ def test_serve_command_and_env_contract(rendered: dict, target: str) -> None:
     assert cm["data"]["HEALTHPREDICT_HOME"].startswith("/tmp/")
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_no_secret_values_committed_in_configmaps_or_env(rendered: dict, target: str) -> None:
     docs = rendered[target]
@@ -233,7 +225,6 @@ def test_no_secret_values_committed_in_configmaps_or_env(rendered: dict, target:
 # ------------------------------------------------------------------------- security
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_pod_and_container_security_context(rendered: dict, target: str) -> None:
     docs = rendered[target]
@@ -253,7 +244,6 @@ def test_pod_and_container_security_context(rendered: dict, target: str) -> None
         assert sc.get("runAsUser", psc["runAsUser"]) != 0
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_tmp_is_a_writable_emptydir(rendered: dict, target: str) -> None:
     pod = _deployment(rendered[target])["spec"]["template"]["spec"]
@@ -263,7 +253,6 @@ def test_tmp_is_a_writable_emptydir(rendered: dict, target: str) -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_resources_requests_and_limits(rendered: dict, target: str) -> None:
     pod = _deployment(rendered[target])["spec"]["template"]["spec"]
@@ -273,7 +262,6 @@ def test_resources_requests_and_limits(rendered: dict, target: str) -> None:
             assert {"cpu", "memory"} <= set(res[kind]), f"{c['name']} {kind} incomplete"
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_images_have_explicit_non_latest_tags(rendered: dict, target: str) -> None:
     for doc in rendered[target]:
@@ -287,7 +275,6 @@ def test_images_have_explicit_non_latest_tags(rendered: dict, target: str) -> No
             assert repo, f"image {c['image']} has no repository"
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_no_ip_address_literals(rendered_text: dict, target: str) -> None:
     text = rendered_text[target]
@@ -306,7 +293,6 @@ def test_ip_regex_catches_literals() -> None:
 # ------------------------------------------------------------------------- availability
 
 
-@requires_kubectl
 @pytest.mark.parametrize("target", TARGETS)
 def test_pdb_and_hpa_target_the_deployment(rendered: dict, target: str) -> None:
     docs = rendered[target]
@@ -331,12 +317,10 @@ def test_pdb_and_hpa_target_the_deployment(rendered: dict, target: str) -> None:
 # ------------------------------------------------------------------------- overlays
 
 
-@requires_kubectl
 def test_base_service_is_cluster_ip(rendered: dict) -> None:
     assert _one(rendered["base"], "Service", DEPLOYMENT)["spec"].get("type", "ClusterIP") == "ClusterIP"
 
 
-@requires_kubectl
 def test_minikube_overlay(rendered: dict, rendered_text: dict) -> None:
     docs = rendered["overlays/minikube"]
     svc = _one(docs, "Service", DEPLOYMENT)
@@ -353,7 +337,6 @@ def test_minikube_overlay(rendered: dict, rendered_text: dict) -> None:
     assert token_ref["valueFrom"]["secretKeyRef"]["key"] in secret["data"]
 
 
-@requires_kubectl
 def test_eks_overlay(rendered: dict) -> None:
     docs = rendered["overlays/eks"]
     assert _one(docs, "Service", DEPLOYMENT)["spec"]["type"] == "LoadBalancer"
@@ -368,8 +351,9 @@ def test_secret_env_files_are_git_ignored() -> None:
     overlay = K8S / "overlays" / "minikube"
     for name in ("reload.env", "s3.env"):
         assert (overlay / f"{name}.example").is_file()
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("git metadata not available")
+    require_executable("git", "apt-get install git")
+    if not (REPO / ".git").exists():
+        tool_unavailable("git metadata not available (not a clone)")
     for name in ("reload.env", "s3.env"):
         proc = subprocess.run(
             ["git", "check-ignore", "-q", str(overlay / name)], cwd=REPO, capture_output=True, check=False

@@ -20,6 +20,7 @@ from litestar.testing import TestClient
 
 from healthpredict.features import EXCLUDED_DISCHARGE_IDS, MODEL_INPUT_COLUMNS
 from healthpredict.modeling import build_pipeline
+from healthpredict.registry import save_pipeline
 from healthpredict.schema import (
     CATEGORY_VOCABULARIES,
     COUNT_RANGES,
@@ -46,12 +47,7 @@ def save_model(path: Path, seed: int = 0) -> Any:
         "min_child_weight": 1.0, "reg_lambda": 1.0, "reg_alpha": 0.0,
     }  # fmt: skip
     pipeline = build_pipeline("xgboost", params, seed=seed).fit(frame, target.astype(int))
-    mlflow.sklearn.save_model(
-        pipeline,
-        str(path),
-        serialization_format="cloudpickle",
-        metadata={"threshold": 0.4, "family": "xgboost", "metrics": {"test_auc": 0.7}},
-    )
+    save_pipeline(pipeline, path, frame, {"threshold": 0.4, "family": "xgboost", "metrics": {"test_auc": 0.7}})
     return pipeline
 
 
@@ -322,14 +318,14 @@ def test_failed_reload_keeps_the_old_model(tmp_path: Path) -> None:
     with make_client(tmp_path / "home", str(path), HEALTHPREDICT_RELOAD_TOKEN=TOKEN) as test_client:
         wait_ready(test_client)
         before = post(test_client, "/v1/predict", EXAMPLE_RECORD).json()
-        (path / "model.pkl").write_bytes(b"corrupted")
+        (path / "model.skops").write_bytes(b"corrupted")
         response = test_client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 502
         assert response.json()["reloaded"] is False
         described = test_client.get("/v1/model").json()
         assert described["status"] == "loaded"
         assert str(path) in described["last_reload_error"]
-        assert "UnpicklingError" in described["last_reload_error"]
+        assert "BadZipFile" in described["last_reload_error"]
         assert post(test_client, "/v1/predict", EXAMPLE_RECORD).json() == before
         assert test_client.get("/health/ready").status_code == 200
         assert "healthpredict_model_reload_failures_total 1.0" in test_client.get("/metrics").text
@@ -449,7 +445,6 @@ def test_http_metrics_histogram_is_cumulative_with_inclusive_bounds() -> None:
 
 
 def test_service_touches_mlflow_only_for_registry_uris(tmp_path: Path) -> None:
-    import mlflow
 
     from healthpredict.registry import configure_model_source
     from healthpredict.settings import Settings
