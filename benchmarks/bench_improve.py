@@ -22,8 +22,7 @@ from pathlib import Path
 
 from _record import record_section
 
-from healthpredict.drift import drift_thresholds_from_env
-from healthpredict.improve import ImprovementOptions, improve, improvement_settings_from_env
+from healthpredict.improve import ImprovementOptions, improve
 from healthpredict.promote import promote
 from healthpredict.reporting import markdown_table
 from healthpredict.settings import Settings
@@ -43,7 +42,7 @@ def run(home: Path, record: bool) -> str:
     env = {**BUDGET, **os.environ, "HEALTHPREDICT_HOME": str(home)}
     os.environ.update(env)  # the local deployment target starts its candidate from this environment
     settings = Settings.from_env(env)
-    policy = improvement_settings_from_env(env)
+    policy = settings.improvement
     started = time.monotonic()
     run_split(settings)
     initial = train_models(settings, run_name="bench-improve-initial")
@@ -51,7 +50,7 @@ def run(home: Path, record: bool) -> str:
     if not outcome.promoted:
         raise RuntimeError(f"initial champion not promoted: {outcome.decision.reason}")
     setup_s = time.monotonic() - started
-    result = improve(settings, ImprovementOptions(), policy, drift_thresholds_from_env(env))
+    result = improve(settings, ImprovementOptions())
     gain = result.mean_auc - result.mean_frozen_auc
     rows = [
         (d.batch, d.rows, round(d.drift_share, 3), d.frozen_auc, d.auc_before, d.decision,

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import os
-
 from prefect_aws import AwsCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
@@ -23,13 +21,14 @@ def create_aws_blocks(settings: Settings, bucket: str) -> dict[str, str]:
     """Save (or overwrite) the credentials and bucket blocks; returns their slugs."""
     if not bucket:
         raise ValueError("a bucket name is required (--bucket)")
-    parameters = AwsClientParameters(endpoint_url=settings.aws_endpoint_url) if settings.aws_endpoint_url else None
+    aws = settings.aws
+    parameters = AwsClientParameters(endpoint_url=aws.endpoint_url) if aws.endpoint_url else None
     credentials = AwsCredentials(
-        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=os.environ.get("AWS_SESSION_TOKEN"),
-        profile_name=os.environ.get("AWS_PROFILE"),
-        region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
+        aws_access_key_id=aws.access_key_id,
+        aws_secret_access_key=aws.secret_access_key,
+        aws_session_token=aws.session_token,
+        profile_name=aws.profile,
+        region_name=aws.region,
         **({"aws_client_parameters": parameters} if parameters else {}),
     )
     credentials.save(AWS_CREDENTIALS_BLOCK, overwrite=True)

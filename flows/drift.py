@@ -8,13 +8,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import flow_settings, mlflow_run_link
-from healthpredict.drift import batch_part_name, drift_thresholds_from_env, monitor_batch
+from healthpredict.drift import batch_part_name, monitor_batch
 from healthpredict.settings import Settings
 
 
 @task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=900)
 def check_batch(settings: Settings, batch: int) -> dict[str, Any]:
-    result = monitor_batch(settings, batch, drift_thresholds_from_env())
+    result = monitor_batch(settings, batch)
     return {
         "batch": result.batch,
         "dataset_drift": result.dataset_drift,

@@ -8,14 +8,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import flow_settings
-from healthpredict.drift import drift_thresholds_from_env
-from healthpredict.improve import ImprovementOptions, improve, improvement_settings_from_env
+from healthpredict.improve import ImprovementOptions, improve
 from healthpredict.settings import Family, Settings
 
 
 @task(timeout_seconds=6 * 3600)
 def run_improvement_loop(settings: Settings, options: ImprovementOptions) -> dict[str, Any]:
-    result = improve(settings, options, improvement_settings_from_env(), drift_thresholds_from_env())
+    result = improve(settings, options)
     return {
         "decisions": [d.as_record() for d in result.decisions],
         "mean_auc": result.mean_auc,

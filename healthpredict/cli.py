@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -78,9 +77,9 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
-    from healthpredict.drift import drift_thresholds_from_env, monitor_batch
+    from healthpredict.drift import monitor_batch
 
-    result = monitor_batch(settings, args.batch, drift_thresholds_from_env(), html_report=args.report)
+    result = monitor_batch(settings, args.batch, html_report=args.report)
     print(result.summary_markdown())
     return 3 if args.fail_on_alert and result.alert else 0
 
@@ -92,16 +91,13 @@ def cmd_blocks_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_improve(args: argparse.Namespace, settings: Settings) -> int:
-    from healthpredict.drift import drift_thresholds_from_env
-    from healthpredict.improve import ImprovementOptions, improve, improvement_settings_from_env
+    from healthpredict.improve import ImprovementOptions, improve
 
     options = ImprovementOptions(
         batches=args.batches, force=tuple(args.force or ()), inject=args.inject, inject_batch=args.inject_batch,
         inject_severity=args.inject_severity, deploy=not args.no_deploy,
     )  # fmt: skip
-    result = improve(
-        _training_settings(args, settings), options, improvement_settings_from_env(), drift_thresholds_from_env()
-    )
+    result = improve(_training_settings(args, settings), options)
     print(result.summary_markdown())
     return 0
 
@@ -295,9 +291,6 @@ def configure_output(verbose: bool) -> None:
     logging.getLogger("healthpredict").setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if verbose:
-        os.environ.setdefault("PREFECT_LOGGING_ROOT_LEVEL", "DEBUG")
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_output(args.verbose)
     try:
         settings = get_settings()
-        apply_tool_environment(settings)  # before Prefect, Ray or MLflow are imported
+        apply_tool_environment(settings, verbose=args.verbose)  # before Prefect, Ray or MLflow are imported
         handler: Handler = args.handler
         return handler(args, settings)
     except SettingsError as exc:

@@ -111,8 +111,8 @@ def _extract_csv(payload: bytes, source: str) -> bytes:
 
 def fsspec_options(uri: str, settings: Settings | None) -> dict[str, object]:
     """Storage options for an fsspec URI; S3 honours a custom endpoint (moto, minio)."""
-    if uri.startswith("s3://") and settings is not None and settings.aws_endpoint_url:
-        return {"client_kwargs": {"endpoint_url": settings.aws_endpoint_url}}
+    if uri.startswith("s3://") and settings is not None and settings.aws.endpoint_url:
+        return {"client_kwargs": {"endpoint_url": settings.aws.endpoint_url}}
     return {}
 
 

@@ -37,12 +37,10 @@ expected calibration error (equal-width bins) and calibration-in-the-large (mean
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,12 +50,11 @@ from healthpredict.features import CATEGORICAL_FEATURES, MODEL_INPUT_COLUMNS, NU
 from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_model
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
-from healthpredict.settings import Settings, SettingsError, _float
+from healthpredict.settings import DriftThresholds, FeatureKind, Settings
 from healthpredict.split import SplitReader, batch_name
 
 log = logging.getLogger(__name__)
 
-FeatureKind = Literal["numeric", "categorical", "prediction", "target"]
 PREDICTION_COLUMN = "prediction"
 REFERENCE_PART = "train"
 REPORT_FILE = "drift_report.html"
@@ -65,54 +62,6 @@ REPORT_FILE = "drift_report.html"
 
 class DriftError(RuntimeError):
     """A batch cannot be checked (unreadable, wrong schema, no champion); never reported as "no drift"."""
-
-
-@dataclass(frozen=True)
-class DriftThresholds:
-    """Methods and thresholds of the drift check; the defaults are documented in the module docstring."""
-
-    numeric_method: str = "wasserstein"
-    numeric_threshold: float = 0.1
-    categorical_method: str = "jensenshannon"
-    categorical_threshold: float = 0.1
-    prediction_method: str = "wasserstein"
-    prediction_threshold: float = 0.1
-    label_method: str = "jensenshannon"
-    label_threshold: float = 0.1
-    drift_share: float = 0.3
-    calibration_bins: int = 10
-
-    def method_for(self, kind: FeatureKind) -> tuple[str, float]:
-        return {
-            "numeric": (self.numeric_method, self.numeric_threshold),
-            "categorical": (self.categorical_method, self.categorical_threshold),
-            "prediction": (self.prediction_method, self.prediction_threshold),
-            "target": (self.label_method, self.label_threshold),
-        }[kind]
-
-    def as_params(self) -> dict[str, str]:
-        return {f"drift.{k}": str(v) for k, v in asdict(self).items()}
-
-
-THRESHOLD_ENV: dict[str, str] = {
-    "numeric_threshold": "HEALTHPREDICT_DRIFT_NUMERIC_THRESHOLD",
-    "categorical_threshold": "HEALTHPREDICT_DRIFT_CATEGORICAL_THRESHOLD",
-    "prediction_threshold": "HEALTHPREDICT_DRIFT_PREDICTION_THRESHOLD",
-    "label_threshold": "HEALTHPREDICT_DRIFT_LABEL_THRESHOLD",
-    "drift_share": "HEALTHPREDICT_DRIFT_SHARE_THRESHOLD",
-}
-
-
-def drift_thresholds_from_env(env: Mapping[str, str] | None = None) -> DriftThresholds:
-    """Entrypoints call this: defaults overridden by ``HEALTHPREDICT_DRIFT_*`` variables (each in [0, 1])."""
-    env = os.environ if env is None else env
-    defaults = DriftThresholds()
-    values: dict[str, Any] = {
-        name: _float(env, var, getattr(defaults, name), 0.0, 1.0) for name, var in THRESHOLD_ENV.items()
-    }
-    if values["drift_share"] <= 0.0:
-        raise SettingsError("HEALTHPREDICT_DRIFT_SHARE_THRESHOLD must be > 0")
-    return replace(defaults, **values)
 
 
 @dataclass(frozen=True)
@@ -481,14 +430,12 @@ def log_drift_run(
         return str(run.info.experiment_id), str(run.info.run_id)
 
 
-def monitor_batch(
-    settings: Settings, batch: str | int, thresholds: DriftThresholds | None = None, html_report: bool = True
-) -> DriftResult:
+def monitor_batch(settings: Settings, batch: str | int, html_report: bool = True) -> DriftResult:
     """Check one future batch against the champion's training data and record it in MLflow."""
     name, reference, current = read_reference_and_batch(settings, batch)
     configure_tracking(settings)
     model = load_champion(settings)
-    result = replace(check_drift(reference, current, model, thresholds), batch=name)
+    result = replace(check_drift(reference, current, model, settings.drift), batch=name)
     experiment_id, run_id = log_drift_run(settings, result, reference, current, model, html_report)
     log.info("drift %s: share %.3f, dataset drift %s, run %s", name, result.drift_share, result.dataset_drift, run_id)
     return replace(result, run_id=run_id, experiment_id=experiment_id)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Collection, Mapping
@@ -42,14 +41,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from healthpredict.drift import DriftResult, DriftThresholds, batch_part_name, check_drift, require_model_inputs
+from healthpredict.drift import DriftResult, batch_part_name, check_drift, require_model_inputs
 from healthpredict.features import SAMPLE_WEIGHT_COLUMN
 from healthpredict.inject import SCENARIOS
 from healthpredict.inject import inject as inject_scenario
 from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_model
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
-from healthpredict.settings import Settings, SettingsError, _float, _get, _int
+from healthpredict.settings import ImprovementSettings, Settings, Window
 from healthpredict.split import INITIAL_PARTS, SplitError, SplitReader, patient_disjoint_split
 from healthpredict.store import ArtifactStore, StoreError
 
@@ -59,67 +58,10 @@ PREDICTIONS_DIR = "predictions"
 REPORT_FILE = "simulation_report.png"
 REFERENCE_PART = "train"
 Decision = Literal["keep", "promoted", "refused", "below-floor", "deploy-failed"]
-Window = Literal["all"] | int
 
 
 class ImprovementError(RuntimeError):
     """The loop cannot go on (unreadable batch, no champion, bad option); the message names the cause."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImprovementSettings:
-    """When to retrain and on what; read by entrypoints through :func:`improvement_settings_from_env`."""
-
-    retrain_drift_share: float = 0.3
-    retrain_auc_drop: float = 0.02
-    retrain_every: int = 1  # retrain once the champion is this many labelled batches behind; 0: triggers only
-    training_window: Window = "all"
-    recency_half_life: float | None = 1.0  # batches; None: every row of the window weighs the same
-    holdout_fraction: float = 0.3
-    experiment: str = "health-predict-improvement"
-
-
-def parse_window(raw: str) -> Window:
-    """``all`` or a positive number of most recent batches."""
-    value = raw.strip().lower()
-    if value == "all":
-        return "all"
-    if value.isdigit() and int(value) >= 1:
-        return int(value)
-    raise SettingsError(f"HEALTHPREDICT_TRAINING_WINDOW={raw!r} must be 'all' or a number of batches >= 1")
-
-
-def parse_half_life(raw: str | None, default: float | None) -> float | None:
-    """A half-life in batches (> 0), or ``none``/``off``/``0`` for unweighted training windows."""
-    if raw is None or not raw.strip():
-        return default
-    value = raw.strip().lower()
-    if value in ("none", "off", "0", "0.0"):
-        return None
-    try:
-        half_life = float(value)
-    except ValueError:
-        half_life = float("nan")
-    if not np.isfinite(half_life) or half_life <= 0:
-        raise SettingsError(
-            f"HEALTHPREDICT_RECENCY_HALF_LIFE={raw!r} must be a number of batches > 0, or 'none' for no weighting"
-        )
-    return half_life
-
-
-def improvement_settings_from_env(env: Mapping[str, str] | None = None) -> ImprovementSettings:
-    """Defaults overridden by ``HEALTHPREDICT_RETRAIN_*``, ``HEALTHPREDICT_TRAINING_WINDOW`` and friends."""
-    env = os.environ if env is None else env
-    d = ImprovementSettings()
-    return ImprovementSettings(
-        retrain_drift_share=_float(env, "HEALTHPREDICT_RETRAIN_DRIFT_SHARE", d.retrain_drift_share, 0.0, 1.0),
-        retrain_auc_drop=_float(env, "HEALTHPREDICT_RETRAIN_AUC_DROP", d.retrain_auc_drop, 0.0, 1.0),
-        retrain_every=_int(env, "HEALTHPREDICT_RETRAIN_EVERY", d.retrain_every, minimum=0),
-        training_window=parse_window(_get(env, "HEALTHPREDICT_TRAINING_WINDOW") or "all"),
-        recency_half_life=parse_half_life(_get(env, "HEALTHPREDICT_RECENCY_HALF_LIFE"), d.recency_half_life),
-        holdout_fraction=_float(env, "HEALTHPREDICT_HOLDOUT_FRACTION", d.holdout_fraction, 0.05, 0.9),
-        experiment=_get(env, "HEALTHPREDICT_IMPROVEMENT_EXPERIMENT") or d.experiment,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -438,20 +380,18 @@ def plot_simulation(decisions: list[BatchDecision], policy: ImprovementSettings,
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def improve(
-    settings: Settings,
-    options: ImprovementOptions | None = None,
-    policy: ImprovementSettings | None = None,
-    thresholds: DriftThresholds | None = None,
-) -> ImprovementResult:
-    """The ``healthpredict improve`` command and the ``continuous-improvement`` flow."""
+def improve(settings: Settings, options: ImprovementOptions | None = None) -> ImprovementResult:
+    """The ``healthpredict improve`` command and the ``continuous-improvement`` flow.
+
+    The retrain policy is ``settings.improvement`` and the drift thresholds ``settings.drift``.
+    """
     import mlflow
 
     from healthpredict.promote import promote
     from healthpredict.train import train_models
 
     options = options or ImprovementOptions()
-    policy = policy or ImprovementSettings()
+    policy, thresholds = settings.improvement, settings.drift
     started = time.monotonic()
     reader = SplitReader(settings)
     names = reader.batch_names[: options.batches] if options.batches is not None else reader.batch_names

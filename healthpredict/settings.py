@@ -1,14 +1,19 @@
-"""Typed, frozen settings read from the environment once.
+"""Every setting HealthPredict reads, declared once: its environment variable, default and meaning.
 
-Every entrypoint calls :func:`get_settings` (or :meth:`Settings.from_env` in tests) and passes the result
-down explicitly; library functions never read the environment themselves.
+Settings are typed, frozen sections grouped by concern (data, tracking, training, gates, service, drift,
+continuous improvement, deployment, image, Kubernetes, AWS). Each field names its environment variable in
+:func:`var`; :meth:`Settings.from_env` reads them all, once, and fails at start with a message naming the
+variable when a value is malformed. Every entrypoint calls :func:`get_settings` (or
+:meth:`Settings.from_env` in tests) and passes the result down; no other module reads the environment.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -20,122 +25,487 @@ Target = Literal["any", "30d"]
 Family = Literal["logreg", "random_forest", "xgboost"]
 # Searched in this order; the slowest family goes last and inherits the time the others left.
 ALL_FAMILIES: tuple[Family, ...] = ("logreg", "xgboost", "random_forest")
+FeatureKind = Literal["numeric", "categorical", "prediction", "target"]
+Window = Literal["all"] | int
+DeployTarget = Literal["local", "kubernetes"]
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 class SettingsError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value if value not in (None, "") else None
+def var(
+    env: str,
+    default: Any,
+    doc: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    parse: Callable[[str, str], Any] | None = None,
+    fallback: tuple[str, ...] = (),
+    shown: str | None = None,
+) -> Any:
+    """A settings field read from ``env`` (then the ``fallback`` variables); ``low``/``high`` bound a number,
+    ``parse(name, raw)`` reads a value that is not a plain int, float, bool, string or literal choice, and
+    ``shown`` describes a default that :meth:`Settings.from_env` derives from other settings."""
+    meta = {"env": env, "doc": doc, "low": low, "high": high, "parse": parse, "fallback": fallback, "shown": shown}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int | None = None) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
+def _raw(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    for name in names:
+        value = env.get(name)
+        if value not in (None, ""):
+            return name, value
+    return None
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    """``raw`` as ``kind`` (int, float, bool, str, Path, a Literal, or one of those or None)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if raw not in [str(c) for c in choices]:
+            raise SettingsError(f"{name}={raw!r} must be one of {', '.join(map(str, choices))}")
+        return next(c for c in choices if str(c) == raw)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered not in _TRUE | _FALSE:
+            raise SettingsError(f"{name}={raw!r} is not a boolean (use true/false)")
+        return lowered in _TRUE
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is Path:
+        return Path(raw).expanduser().resolve()
+    return raw
+
+
+def read_section(cls: type[Any], env: Mapping[str, str], **defaults: Any) -> Any:
+    """One settings section from ``env``; ``defaults`` replace declared defaults that depend on other settings."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for item in fields(cls):
+        if "env" not in item.metadata:
+            continue
+        meta = item.metadata
+        found = _raw(env, (meta["env"], *meta["fallback"]))
+        if found is None:
+            if item.name in defaults:
+                values[item.name] = defaults[item.name]
+            continue
+        name, raw = found
+        value = meta["parse"](name, raw) if meta["parse"] else _convert(name, raw, hints[item.name])
+        if meta["low"] is not None and value < meta["low"]:
+            raise SettingsError(f"{name}={value} must be >= {meta['low']}")
+        if meta["high"] is not None and value > meta["high"]:
+            raise SettingsError(f"{name}={value} must be <= {meta['high']}")
+        values[item.name] = value
+    return cls(**values)
+
+
+#: Variables read outside the sections: the home every default hangs from, and Prefect's server.
+TOP_LEVEL_VARIABLES: dict[str, tuple[Any, str]] = {
+    "HEALTHPREDICT_HOME": (
+        "./.healthpredict",
+        "local state: raw cache, artifacts, MLflow sqlite and artifacts, Ray results, Prefect's embedded server",
+    ),
+    "PREFECT_API_URL": (None, "a Prefect server (otherwise a temporary local one)"),
+}
+
+
+def environment_variables() -> dict[str, tuple[Any, str]]:
+    """Every variable the settings read → (declared default, meaning), in section order."""
+    found: dict[str, tuple[Any, str]] = dict(TOP_LEVEL_VARIABLES)
+    for section in SECTIONS:
+        for item in fields(section):
+            if "env" in item.metadata:
+                default = item.default_factory() if item.default_factory is not MISSING else item.default
+                shown = item.metadata["shown"]
+                found[item.metadata["env"]] = (Shown(shown) if shown else default, item.metadata["doc"])
+    return found
+
+
+class Shown(str):
+    """A derived default, already written for the table."""
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, Shown):
+        return str(default)
+    if default in (None, "", {}):
+        return "—"
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return f"`{default}`"
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated from the declarations (a test keeps the README equal)."""
+    rows = [f"| `{name}` | {_shown(default)} | {doc} |" for name, (default, doc) in environment_variables().items()]
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *rows])
+
+
+# ------------------------------------------------------------------------------------------------ parsers
+
+
+def _families(name: str, raw: str) -> tuple[Family, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    unknown = [n for n in names if n not in ALL_FAMILIES]
+    if unknown or not names:
+        raise SettingsError(f"{name} has unknown family {unknown}; choose from {', '.join(ALL_FAMILIES)}")
+    return names  # type: ignore[return-value]
+
+
+def _sha256(name: str, raw: str) -> str | None:
+    return None if raw.strip().lower() == "none" else raw.strip()
+
+
+def _window(name: str, raw: str) -> Window:
+    value = raw.strip().lower()
+    if value == "all":
+        return "all"
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise SettingsError(f"{name}={raw!r} must be 'all' or a number of batches >= 1")
+
+
+def _half_life(name: str, raw: str) -> float | None:
+    value = raw.strip().lower()
+    if value in ("none", "off", "0", "0.0"):
+        return None
     try:
-        value = int(raw)
+        half_life = float(value)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if minimum is not None and value < minimum:
-        raise SettingsError(f"{name}={value} must be >= {minimum}")
-    return value
+        half_life = float("nan")
+    if not half_life > 0 or half_life == float("inf"):
+        raise SettingsError(f"{name}={raw!r} must be a number of batches > 0, or 'none' for no weighting")
+    return half_life
 
 
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
+def _http_url(name: str, raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"{name}={raw!r} must be an http(s) URL")
+    return url
+
+
+def _build_args(name: str, raw: str) -> dict[str, str]:
+    """``PYTHON_IMAGE=local/python:3.11,FOO=bar`` → build arguments; a malformed item names itself."""
+    import re
+
+    args: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise SettingsError(f"{name} item {item!r} is not NAME=value")
+        args[key.strip()] = value.strip()
+    return args
+
+
+def _repository(name: str, raw: str) -> str:
+    if ":" in raw.rsplit("/", 1)[-1] or "@" in raw:
+        raise SettingsError(f"{name}={raw!r} must not carry a tag or digest")
+    return raw
+
+
+def _usable_cores() -> int:
     try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} must lie in [{low}, {high}]")
-    return value
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _get(env, name) or default
-    if value not in choices:
-        raise SettingsError(f"{name}={value!r} must be one of {', '.join(choices)}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (use true/false)")
+# ----------------------------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataSettings:
     """Where raw data comes from and how it is split."""
 
-    raw_data: str
-    expected_sha256: str | None
-    artifact_uri: str
-    target: Target = "any"
-    seed: int = 42
-    initial_fraction: float = 0.2
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    n_batches: int = 8
+    raw_data: str = var(
+        "HEALTHPREDICT_RAW_DATA",
+        UCI_DATASET_URL,
+        "raw data: zip (the CSV is found inside), csv, URL or fsspec URI",
+        shown="the UCI download URL",
+    )
+    expected_sha256: str | None = var(
+        "HEALTHPREDICT_RAW_SHA256",
+        UCI_CSV_SHA256,
+        "expected CSV sha256; `none` disables the check",
+        parse=_sha256,
+        shown="the published checksum",
+    )
+    artifact_uri: str = var(
+        "HEALTHPREDICT_ARTIFACT_URI",
+        "",
+        "where splits are written (a folder or s3://bucket/prefix)",
+        shown="`$HEALTHPREDICT_HOME/artifacts`",
+    )
+    target: Target = var("HEALTHPREDICT_TARGET", "any", "`any` readmission, or `30d` (only `<30`)")
+    seed: int = var("HEALTHPREDICT_SEED", 42, "split and search seed")
+    initial_fraction: float = var(
+        "HEALTHPREDICT_INITIAL_FRACTION",
+        0.2,
+        "share of encounters (in time order) for train/val/test",
+        low=0.01,
+        high=1,
+    )
+    val_fraction: float = var(
+        "HEALTHPREDICT_VAL_FRACTION", 0.15, "validation share of the initial part", low=0.01, high=0.5
+    )
+    test_fraction: float = var(
+        "HEALTHPREDICT_TEST_FRACTION", 0.15, "test share of the initial part", low=0.01, high=0.5
+    )
+    n_batches: int = var("HEALTHPREDICT_N_BATCHES", 8, "number of future batches", low=1)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrackingSettings:
     """MLflow tracking and registry."""
 
-    tracking_uri: str
-    registry_uri: str | None
-    experiment: str = "health-predict"
-    drift_experiment: str = "health-predict-drift"
-    model_name: str = "health-predict"
+    tracking_uri: str = var(
+        "MLFLOW_TRACKING_URI",
+        "",
+        "any MLflow tracking store or server",
+        shown="`sqlite:///$HEALTHPREDICT_HOME/mlflow.db`",
+    )
+    registry_uri: str | None = var("MLFLOW_REGISTRY_URI", None, "MLflow registry, when not the tracking store")
+    experiment: str = var("HEALTHPREDICT_EXPERIMENT", "health-predict", "MLflow experiment of training runs")
+    drift_experiment: str = var("HEALTHPREDICT_DRIFT_EXPERIMENT", "health-predict-drift", "experiment of drift runs")
+    model_name: str = var("HEALTHPREDICT_MODEL_NAME", "health-predict", "registered model name")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingSettings:
     """Hyper-parameter search budget and model selection."""
 
-    families: tuple[Family, ...] = ALL_FAMILIES
-    trials_per_family: int = 20
-    max_concurrent: int = 2
-    time_budget_s: int = 330
-    ray_address: str | None = None
-    xgb_device: Literal["cpu", "cuda"] = "cpu"
-    threshold_metric: Literal["f1", "youden"] = "f1"
-    bootstrap_rounds: int = 500
-    seed: int = 42
+    families: tuple[Family, ...] = var(
+        "HEALTHPREDICT_FAMILIES", ALL_FAMILIES, "families to search, comma-separated", parse=_families
+    )
+    trials_per_family: int = var("HEALTHPREDICT_TRIALS_PER_FAMILY", 20, "trials per model family", low=1)
+    max_concurrent: int = var("HEALTHPREDICT_MAX_CONCURRENT", 2, "concurrent trials", low=1, shown="usable CPU count")
+    time_budget_s: int = var("HEALTHPREDICT_TIME_BUDGET_S", 330, "wall-clock budget of the whole search", low=1)
+    ray_address: str | None = var("RAY_ADDRESS", None, "run the search on an existing Ray cluster")
+    xgb_device: Literal["cpu", "cuda"] = var("HEALTHPREDICT_XGB_DEVICE", "cpu", "`cuda` trains XGBoost on a GPU")
+    threshold_metric: Literal["f1", "youden"] = var(
+        "HEALTHPREDICT_THRESHOLD_METRIC", "f1", "decision threshold chosen on validation by max `f1` or `youden`"
+    )
+    bootstrap_rounds: int = var(
+        "HEALTHPREDICT_BOOTSTRAP_ROUNDS", 500, "patient-bootstrap rounds of the test CI", low=10
+    )
+    seed: int = var("HEALTHPREDICT_SEED", 42, "split and search seed")
 
 
 @dataclass(frozen=True, kw_only=True)
 class GateSettings:
     """Registry gates: an absolute floor and the tolerance against the champion."""
 
-    auc_floor: float = 0.60
-    tolerance: float = 0.01
+    auc_floor: float = var(
+        "HEALTHPREDICT_AUC_FLOOR", 0.60, "a model below this test AUC is never registered", low=0, high=1
+    )
+    tolerance: float = var(
+        "HEALTHPREDICT_GATE_TOLERANCE", 0.01, "the challenger may trail the champion by this AUC", low=0, high=1
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceSettings:
     """The prediction service."""
 
-    model_uri: str = "models:/health-predict@champion"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    poll_seconds: float = 30.0
-    reload_token: str | None = None
-    max_batch_records: int = 10_000
-    max_body_bytes: int = 16 * 1024 * 1024
+    model_uri: str = var(
+        "HEALTHPREDICT_MODEL_URI",
+        "",
+        "the model the service loads (a local model folder works too)",
+        shown="`models:/<model name>@champion`",
+    )
+    host: str = var("HEALTHPREDICT_HOST", "127.0.0.1", "address the service binds")
+    port: int = var("HEALTHPREDICT_PORT", 8000, "port the service binds", low=0)
+    poll_seconds: float = var(
+        "HEALTHPREDICT_MODEL_POLL_SECONDS", 30.0, "how often the alias is checked (0: never)", low=0, high=86_400
+    )
+    reload_token: str | None = var("HEALTHPREDICT_RELOAD_TOKEN", None, "bearer token of POST /admin/reload")
+    max_batch_records: int = var("HEALTHPREDICT_MAX_BATCH_RECORDS", 10_000, "records per batch request", low=1)
+    max_body_bytes: int = var(
+        "HEALTHPREDICT_MAX_BODY_BYTES", 16 * 1024 * 1024, "largest accepted request body", low=1024
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriftThresholds:
+    """Methods and thresholds of the drift check (documented in docs/DRIFT.md)."""
+
+    numeric_method: str = "wasserstein"
+    numeric_threshold: float = var(
+        "HEALTHPREDICT_DRIFT_NUMERIC_THRESHOLD",
+        0.1,
+        "Wasserstein distance (in stds) that flags a number",
+        low=0,
+        high=1,
+    )
+    categorical_method: str = "jensenshannon"
+    categorical_threshold: float = var(
+        "HEALTHPREDICT_DRIFT_CATEGORICAL_THRESHOLD", 0.1, "Jensen-Shannon distance that flags a category", low=0, high=1
+    )
+    prediction_method: str = "wasserstein"
+    prediction_threshold: float = var(
+        "HEALTHPREDICT_DRIFT_PREDICTION_THRESHOLD", 0.1, "score drift that flags the predictions", low=0, high=1
+    )
+    label_method: str = "jensenshannon"
+    label_threshold: float = var(
+        "HEALTHPREDICT_DRIFT_LABEL_THRESHOLD", 0.1, "label drift that flags a labelled batch", low=0, high=1
+    )
+    drift_share: float = var(
+        "HEALTHPREDICT_DRIFT_SHARE_THRESHOLD",
+        0.3,
+        "share of drifted features that means dataset drift",
+        low=1e-9,
+        high=1,
+    )
+    calibration_bins: int = 10
+
+    def method_for(self, kind: FeatureKind) -> tuple[str, float]:
+        return {
+            "numeric": (self.numeric_method, self.numeric_threshold),
+            "categorical": (self.categorical_method, self.categorical_threshold),
+            "prediction": (self.prediction_method, self.prediction_threshold),
+            "target": (self.label_method, self.label_threshold),
+        }[kind]
+
+    def as_params(self) -> dict[str, str]:
+        return {f"drift.{item.name}": str(getattr(self, item.name)) for item in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImprovementSettings:
+    """When continuous improvement retrains, and on what."""
+
+    retrain_drift_share: float = var(
+        "HEALTHPREDICT_RETRAIN_DRIFT_SHARE", 0.3, "retrain when this share of features drifted", low=0, high=1
+    )
+    retrain_auc_drop: float = var(
+        "HEALTHPREDICT_RETRAIN_AUC_DROP", 0.02, "retrain when batch AUC falls this far below test AUC", low=0, high=1
+    )
+    retrain_every: int = var(
+        "HEALTHPREDICT_RETRAIN_EVERY", 1, "retrain once the champion is this many labelled batches behind (0: never)",
+        low=0,
+    )  # fmt: skip
+    training_window: Window = var(
+        "HEALTHPREDICT_TRAINING_WINDOW", "all", "`all` batches, or the N most recent, are trained on", parse=_window
+    )
+    recency_half_life: float | None = var(
+        "HEALTHPREDICT_RECENCY_HALF_LIFE", 1.0, "row weight halves every this many batches (`none`: equal weights)",
+        parse=_half_life,
+    )  # fmt: skip
+    holdout_fraction: float = var(
+        "HEALTHPREDICT_HOLDOUT_FRACTION", 0.3, "share of a batch's patients held out for the gate", low=0.05, high=0.9
+    )
+    experiment: str = var(
+        "HEALTHPREDICT_IMPROVEMENT_EXPERIMENT", "health-predict-improvement", "experiment of improvement runs"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploySettings:
+    """Where ``deploy`` rolls a version out."""
+
+    target: DeployTarget = var("HEALTHPREDICT_DEPLOY_TARGET", "local", "`local` (a verified process) or `kubernetes`")
+    service_url: str | None = var(
+        "HEALTHPREDICT_SERVICE_URL",
+        None,
+        "a running service that `deploy` switches after verification",
+        parse=_http_url,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSettings:
+    """Where the service image is built from and pushed to (the ``kubernetes`` target)."""
+
+    repository: str | None = var(
+        "HEALTHPREDICT_IMAGE_REPOSITORY", None, "image repository, without tag (required by the kubernetes target)",
+        parse=_repository,
+    )  # fmt: skip
+    context_dir: Path = var(
+        "HEALTHPREDICT_BUILD_CONTEXT", Path("."), "the image's build context (a checkout)", shown="the current folder"
+    )
+    git_sha: str | None = var("HEALTHPREDICT_GIT_SHA", None, "commit in the image tag (default: the context's HEAD)")
+    push: bool = var("HEALTHPREDICT_IMAGE_PUSH", True, "push the image after the build")
+    registry_username: str | None = var("HEALTHPREDICT_REGISTRY_USERNAME", None, "registry user (ECR: from AWS)")
+    registry_password: str | None = var("HEALTHPREDICT_REGISTRY_PASSWORD", None, "registry password (ECR: from AWS)")
+    build_args: dict[str, str] = var(
+        "HEALTHPREDICT_IMAGE_BUILD_ARGS", {}, "build arguments, NAME=value,NAME=value", parse=_build_args
+    )
+    build_network: str | None = var("HEALTHPREDICT_IMAGE_BUILD_NETWORK", None, "network of the build (e.g. host)")
+    docker_host: str | None = var("DOCKER_HOST", None, "the Docker engine (default: its local socket)")
+
+    def required_repository(self) -> str:
+        if not self.repository:
+            raise SettingsError(
+                "HEALTHPREDICT_IMAGE_REPOSITORY is required for the kubernetes target "
+                "(e.g. healthpredict-service for minikube, <account>.dkr.ecr.<region>.amazonaws.com/<name> for ECR)"
+            )
+        return self.repository
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesSettings:
+    """Which Deployment the ``kubernetes`` target rolls, how to reach its Service, and how long to wait."""
+
+    namespace: str = var("HEALTHPREDICT_K8S_NAMESPACE", "healthpredict", "namespace of the Deployment")
+    deployment: str = var("HEALTHPREDICT_K8S_DEPLOYMENT", "healthpredict-service", "the Deployment rolled")
+    container: str = var("HEALTHPREDICT_K8S_CONTAINER", "service", "its serving container")
+    service_url: str | None = var(
+        "HEALTHPREDICT_K8S_SERVICE_URL", None, "URL reaching the Service (required by the kubernetes target)",
+        parse=_http_url,
+    )  # fmt: skip
+    rollout_timeout_s: float = var("HEALTHPREDICT_ROLLOUT_TIMEOUT_S", 300.0, "how long a rollout may take", low=1e-9)
+    verify_samples: int = var("HEALTHPREDICT_VERIFY_SAMPLES", 10, "requests that must all report the version", low=1)
+    context: str | None = var("HEALTHPREDICT_K8S_CONTEXT", None, "kubeconfig context (default: the current one)")
+    kubeconfig: str | None = var("KUBECONFIG", None, "kubeconfig file (default ~/.kube/config)")
+    in_cluster: bool = var("HEALTHPREDICT_K8S_IN_CLUSTER", False, "use the pod's service account")
+
+    def required_service_url(self) -> str:
+        if not self.service_url:
+            raise SettingsError(
+                "HEALTHPREDICT_K8S_SERVICE_URL is required for the kubernetes target: the URL that reaches the "
+                "Service (e.g. `minikube service healthpredict-service -n healthpredict --url`)"
+            )
+        return self.service_url
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwsSettings:
+    """The standard AWS variables, for the S3 artifact store, ECR and the Prefect blocks."""
+
+    access_key_id: str | None = var("AWS_ACCESS_KEY_ID", None, "AWS access key (else the default credential chain)")
+    secret_access_key: str | None = var("AWS_SECRET_ACCESS_KEY", None, "AWS secret key")
+    session_token: str | None = var("AWS_SESSION_TOKEN", None, "AWS session token")
+    profile: str | None = var("AWS_PROFILE", None, "AWS profile")
+    region: str | None = var("AWS_DEFAULT_REGION", None, "AWS region (or `AWS_REGION`)", fallback=("AWS_REGION",))
+    endpoint_url: str | None = var(
+        "AWS_ENDPOINT_URL",
+        None,
+        "custom S3/ECR endpoint (minio, moto; or `MLFLOW_S3_ENDPOINT_URL`)",
+        fallback=("MLFLOW_S3_ENDPOINT_URL",),
+    )
+
+
+SECTIONS: tuple[type[Any], ...] = (
+    DataSettings, TrackingSettings, TrainingSettings, GateSettings, ServiceSettings, DriftThresholds,
+    ImprovementSettings, DeploySettings, ImageSettings, KubernetesSettings, AwsSettings,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,8 +518,13 @@ class Settings:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     gates: GateSettings = field(default_factory=GateSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    drift: DriftThresholds = field(default_factory=DriftThresholds)
+    improvement: ImprovementSettings = field(default_factory=ImprovementSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    image: ImageSettings = field(default_factory=ImageSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    aws: AwsSettings = field(default_factory=AwsSettings)
     prefect_api_url: str | None = None
-    aws_endpoint_url: str | None = None
 
     @property
     def raw_cache_dir(self) -> Path:
@@ -159,70 +534,22 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from an environment mapping (``os.environ`` by default)."""
         env = os.environ if env is None else env
-        home = Path(_get(env, "HEALTHPREDICT_HOME") or ".healthpredict").expanduser().resolve()
-        sha = _get(env, "HEALTHPREDICT_RAW_SHA256")
-        expected = None if (sha or "").lower() == "none" else (sha or UCI_CSV_SHA256)
-        data = DataSettings(
-            raw_data=_get(env, "HEALTHPREDICT_RAW_DATA") or UCI_DATASET_URL,
-            expected_sha256=expected,
-            artifact_uri=_get(env, "HEALTHPREDICT_ARTIFACT_URI") or str(home / "artifacts"),
-            target=_choice(env, "HEALTHPREDICT_TARGET", "any", ("any", "30d")),  # type: ignore[arg-type]
-            seed=_int(env, "HEALTHPREDICT_SEED", 42),
-            initial_fraction=_float(env, "HEALTHPREDICT_INITIAL_FRACTION", 0.2, 0.01, 1.0),
-            val_fraction=_float(env, "HEALTHPREDICT_VAL_FRACTION", 0.15, 0.01, 0.5),
-            test_fraction=_float(env, "HEALTHPREDICT_TEST_FRACTION", 0.15, 0.01, 0.5),
-            n_batches=_int(env, "HEALTHPREDICT_N_BATCHES", 8, minimum=1),
-        )
-        tracking = TrackingSettings(
-            tracking_uri=_get(env, "MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
-            registry_uri=_get(env, "MLFLOW_REGISTRY_URI"),
-            experiment=_get(env, "HEALTHPREDICT_EXPERIMENT") or "health-predict",
-            drift_experiment=_get(env, "HEALTHPREDICT_DRIFT_EXPERIMENT") or "health-predict-drift",
-            model_name=_get(env, "HEALTHPREDICT_MODEL_NAME") or "health-predict",
-        )
-        families_raw = _get(env, "HEALTHPREDICT_FAMILIES")
-        families = ALL_FAMILIES
-        if families_raw:
-            names = tuple(name.strip() for name in families_raw.split(",") if name.strip())
-            unknown = [name for name in names if name not in ALL_FAMILIES]
-            if unknown or not names:
-                raise SettingsError(
-                    f"HEALTHPREDICT_FAMILIES has unknown family {unknown}; choose from {', '.join(ALL_FAMILIES)}"
-                )
-            families = names  # type: ignore[assignment]
-        training = TrainingSettings(
-            families=families,
-            trials_per_family=_int(env, "HEALTHPREDICT_TRIALS_PER_FAMILY", 20, minimum=1),
-            max_concurrent=_int(env, "HEALTHPREDICT_MAX_CONCURRENT", max(1, os.cpu_count() or 1), minimum=1),
-            time_budget_s=_int(env, "HEALTHPREDICT_TIME_BUDGET_S", 330, minimum=1),
-            ray_address=_get(env, "RAY_ADDRESS"),
-            xgb_device=_choice(env, "HEALTHPREDICT_XGB_DEVICE", "cpu", ("cpu", "cuda")),  # type: ignore[arg-type]
-            threshold_metric=_choice(env, "HEALTHPREDICT_THRESHOLD_METRIC", "f1", ("f1", "youden")),  # type: ignore[arg-type]
-            bootstrap_rounds=_int(env, "HEALTHPREDICT_BOOTSTRAP_ROUNDS", 500, minimum=10),
-            seed=_int(env, "HEALTHPREDICT_SEED", 42),
-        )
-        gates = GateSettings(
-            auc_floor=_float(env, "HEALTHPREDICT_AUC_FLOOR", 0.60, 0.0, 1.0),
-            tolerance=_float(env, "HEALTHPREDICT_GATE_TOLERANCE", 0.01, 0.0, 1.0),
-        )
-        service = ServiceSettings(
-            model_uri=_get(env, "HEALTHPREDICT_MODEL_URI") or f"models:/{tracking.model_name}@champion",
-            host=_get(env, "HEALTHPREDICT_HOST") or "127.0.0.1",
-            port=_int(env, "HEALTHPREDICT_PORT", 8000, minimum=0),
-            poll_seconds=_float(env, "HEALTHPREDICT_MODEL_POLL_SECONDS", 30.0, 0.0, 86_400.0),
-            reload_token=_get(env, "HEALTHPREDICT_RELOAD_TOKEN"),
-            max_batch_records=_int(env, "HEALTHPREDICT_MAX_BATCH_RECORDS", 10_000, minimum=1),
-            max_body_bytes=_int(env, "HEALTHPREDICT_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1024),
-        )
+        home = Path(env.get("HEALTHPREDICT_HOME") or ".healthpredict").expanduser().resolve()
+        tracking = read_section(TrackingSettings, env, tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
         return cls(
             home=home,
-            data=data,
+            data=read_section(DataSettings, env, artifact_uri=str(home / "artifacts")),
             tracking=tracking,
-            training=training,
-            gates=gates,
-            service=service,
-            prefect_api_url=_get(env, "PREFECT_API_URL"),
-            aws_endpoint_url=_get(env, "AWS_ENDPOINT_URL") or _get(env, "MLFLOW_S3_ENDPOINT_URL"),
+            training=read_section(TrainingSettings, env, max_concurrent=_usable_cores()),
+            gates=read_section(GateSettings, env),
+            service=read_section(ServiceSettings, env, model_uri=f"models:/{tracking.model_name}@champion"),
+            drift=read_section(DriftThresholds, env),
+            improvement=read_section(ImprovementSettings, env),
+            deploy=read_section(DeploySettings, env),
+            image=read_section(ImageSettings, env, context_dir=Path(".").resolve()),
+            kubernetes=read_section(KubernetesSettings, env),
+            aws=read_section(AwsSettings, env),
+            prefect_api_url=env.get("PREFECT_API_URL") or None,
         )
 
     def with_training(self, **overrides: Any) -> Settings:
@@ -238,13 +565,14 @@ class Settings:
 PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S = 300
 
 
-def tool_environment(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def tool_environment(settings: Settings, env: Mapping[str, str] | None = None, verbose: bool = False) -> dict[str, str]:
     """Environment defaults for the embedded tools, for an entrypoint to apply before it imports them.
 
     A value the user already set is never overridden. Prefect keeps its state (database, profiles) under
     ``HEALTHPREDICT_HOME``, waits long enough for its temporary server's first start, and sends no telemetry;
     our own log lines also reach Prefect's run logs; Ray stays on loopback, sends no usage statistics and
-    prints no per-trial tables (the search reports its own progress); MLflow logs warnings only.
+    prints no per-trial tables (the search reports its own progress); MLflow logs warnings only, unless
+    ``verbose``.
     """
     env = os.environ if env is None else env
     defaults = {
@@ -255,23 +583,30 @@ def tool_environment(settings: Settings, env: Mapping[str, str] | None = None) -
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "disabled",
         "RAY_AIR_NEW_OUTPUT": "0",
-        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_LOGGING_LEVEL": "INFO" if verbose else "WARNING",
     }
+    if verbose:
+        defaults["PREFECT_LOGGING_ROOT_LEVEL"] = "DEBUG"
     if not settings.training.ray_address:
         defaults["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a local Ray instance binds to loopback
-    return {name: value for name, value in defaults.items() if _get(env, name) is None}
+    return {name: value for name, value in defaults.items() if not env.get(name)}
 
 
-def apply_tool_environment(settings: Settings) -> None:
+def apply_tool_environment(settings: Settings, verbose: bool = False) -> None:
     """Set :func:`tool_environment`'s defaults in this process (entrypoints only; libraries never call this).
 
     Prefect creates its home without parents, so a Prefect home placed under a new ``HEALTHPREDICT_HOME`` is
     created here.
     """
-    defaults = tool_environment(settings)
+    defaults = tool_environment(settings, verbose=verbose)
     if "PREFECT_HOME" in defaults:
         Path(defaults["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.update(defaults)
+
+
+def process_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with ``overrides``, for a child process the project starts."""
+    return {**os.environ, **overrides}
 
 
 @lru_cache(maxsize=1)

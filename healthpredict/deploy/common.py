@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -94,9 +93,7 @@ def deploy_version(settings: Settings, version: str) -> DeploymentReport:
     On any failure the candidate is stopped, ``champion`` stays (or is put back) where it was, and the version
     is tagged ``deployment=failed`` with the reason.
     """
-    target = os.environ.get("HEALTHPREDICT_DEPLOY_TARGET", "local")
-    if target not in ("local", "kubernetes"):
-        raise DeploymentError(f"HEALTHPREDICT_DEPLOY_TARGET={target!r} is not available; use 'local' or 'kubernetes'")
+    target = settings.deploy.target
     from healthpredict.deploy.kubernetes import deploy_kubernetes
     from healthpredict.deploy.local import deploy_local, switch_running_service
 

@@ -7,16 +7,15 @@ Docker, git and ECR are reached only through the small functions here (``docker_
 from __future__ import annotations
 
 import base64
-import os
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from healthpredict.deploy.common import DeploymentError, DeploymentReport
-from healthpredict.settings import Settings, SettingsError
+from healthpredict.settings import ImageSettings, Settings
 
 BUILD_TARGET = "service"
 # Docker's tag grammar: 1-128 characters, word characters, dots and dashes, not starting with either.
@@ -27,58 +26,6 @@ _ECR = re.compile(
     r"^(?:https?://)?(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
     r"(?:/(?P<repository>.*))?$"
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageSettings:
-    """Where the service image is built from and pushed to."""
-
-    repository: str
-    context_dir: Path
-    git_sha: str | None = None
-    push: bool = True
-    registry_username: str | None = None
-    registry_password: str | None = None
-    build_args: dict[str, str] = field(default_factory=dict)  # e.g. PYTHON_IMAGE for an offline base image
-    build_network: str | None = None  # network of the build containers (e.g. "host"); the engine's default if None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ImageSettings:
-        env = os.environ if env is None else env
-        repository = env.get("HEALTHPREDICT_IMAGE_REPOSITORY") or ""
-        if not repository:
-            raise SettingsError(
-                "HEALTHPREDICT_IMAGE_REPOSITORY is required for the kubernetes target "
-                "(e.g. healthpredict-service for minikube, <account>.dkr.ecr.<region>.amazonaws.com/<name> for ECR)"
-            )
-        if ":" in repository.rsplit("/", 1)[-1] or "@" in repository:
-            raise SettingsError(f"HEALTHPREDICT_IMAGE_REPOSITORY={repository!r} must not carry a tag or digest")
-        push_raw = (env.get("HEALTHPREDICT_IMAGE_PUSH") or "true").strip().lower()
-        if push_raw not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-            raise SettingsError(f"HEALTHPREDICT_IMAGE_PUSH={push_raw!r} is not a boolean (use true/false)")
-        return cls(
-            repository=repository,
-            context_dir=Path(env.get("HEALTHPREDICT_BUILD_CONTEXT") or ".").expanduser().resolve(),
-            git_sha=env.get("HEALTHPREDICT_GIT_SHA") or None,
-            push=push_raw in {"1", "true", "yes", "on"},
-            registry_username=env.get("HEALTHPREDICT_REGISTRY_USERNAME") or None,
-            registry_password=env.get("HEALTHPREDICT_REGISTRY_PASSWORD") or None,
-            build_args=parse_build_args(env.get("HEALTHPREDICT_IMAGE_BUILD_ARGS") or ""),
-            build_network=env.get("HEALTHPREDICT_IMAGE_BUILD_NETWORK") or None,
-        )
-
-
-def parse_build_args(raw: str) -> dict[str, str]:
-    """``PYTHON_IMAGE=local/python:3.11,FOO=bar`` → build arguments; a malformed item names itself."""
-    args: dict[str, str] = {}
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
-            raise SettingsError(f"HEALTHPREDICT_IMAGE_BUILD_ARGS item {item!r} is not NAME=value")
-        args[name.strip()] = value.strip()
-    return args
 
 
 def image_tag(version: str | int, git_sha: str) -> str:
@@ -125,7 +72,7 @@ def registry_host(repository: str) -> str | None:
 def _ecr_client(region: str, settings: Settings) -> Any:
     import boto3
 
-    return boto3.client("ecr", region_name=region, endpoint_url=settings.aws_endpoint_url or None)
+    return boto3.client("ecr", region_name=region, endpoint_url=settings.aws.endpoint_url or None)
 
 
 def registry_auth(
@@ -169,7 +116,7 @@ class DockerClient(Protocol):
     def images(self) -> DockerImages: ...
 
 
-def docker_client() -> DockerClient:
+def docker_client(docker_host: str | None = None) -> DockerClient:
     """The Docker engine from ``DOCKER_HOST``/the default socket; an unreachable engine names itself."""
     from docker.client import from_env
 
@@ -177,7 +124,7 @@ def docker_client() -> DockerClient:
         client = from_env()
         client.ping()
     except Exception as exc:
-        where = os.environ.get("DOCKER_HOST") or "the default Docker socket"
+        where = docker_host or "the default Docker socket"
         raise DeploymentError(f"Docker engine at {where} is unreachable: {exc}") from exc
     return client
 
@@ -246,15 +193,16 @@ def build_and_push(
     """Build (and, unless disabled, push) the image for one model version; returns the reference to deploy."""
     sha = image.git_sha or current_git_sha(image.context_dir)
     tag = image_tag(version, sha)
-    client = client or docker_client()
+    repository = image.required_repository()
+    client = client or docker_client(image.docker_host)
     reference = build_image(
-        image.context_dir, image.repository, tag, client, build_args=image.build_args, network=image.build_network
+        image.context_dir, repository, tag, client, build_args=image.build_args, network=image.build_network
     )
     report.step(f"image {reference} built (target {BUILD_TARGET}) from {image.context_dir}")
     if not image.push:
         report.step(f"image {reference} not pushed (HEALTHPREDICT_IMAGE_PUSH=false)")
         return reference
-    auth = registry_auth(image.repository, settings, username=image.registry_username, password=image.registry_password)
-    digest = push_image(client, image.repository, tag, auth)
+    auth = registry_auth(repository, settings, username=image.registry_username, password=image.registry_password)
+    digest = push_image(client, repository, tag, auth)
     report.step(f"image {reference} pushed" + (f" ({digest})" if digest else ""))
     return reference

@@ -15,7 +15,6 @@ only through :class:`KubernetesApi`; tests pass any object with the same two met
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from healthpredict.deploy.common import (
     smoke_records,
     verify_service,
 )
-from healthpredict.deploy.image import ImageSettings, build_and_push
-from healthpredict.settings import Settings, SettingsError
+from healthpredict.deploy.image import build_and_push
+from healthpredict.settings import KubernetesSettings, Settings
 
 MODEL_URI_ENV = "HEALTHPREDICT_MODEL_URI"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
@@ -39,57 +38,6 @@ API_TIMEOUT_S = 30.0
 VERSION_GRACE_S = 30.0
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, kw_only=True)
-class KubernetesSettings:
-    """Which Deployment to roll, how to reach its Service, and how long to wait."""
-
-    namespace: str = "healthpredict"
-    deployment: str = "healthpredict-service"
-    container: str = "service"
-    service_url: str
-    rollout_timeout_s: float = 300.0
-    verify_samples: int = 10
-    context: str | None = None
-    kubeconfig: str | None = None
-    in_cluster: bool = False
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> KubernetesSettings:
-        env = os.environ if env is None else env
-        service_url = (env.get("HEALTHPREDICT_K8S_SERVICE_URL") or "").rstrip("/")
-        if not service_url:
-            raise SettingsError(
-                "HEALTHPREDICT_K8S_SERVICE_URL is required for the kubernetes target: the URL that reaches the "
-                "Service (e.g. `minikube service healthpredict-service -n healthpredict --url`)"
-            )
-        if not service_url.startswith(("http://", "https://")):
-            raise SettingsError(f"HEALTHPREDICT_K8S_SERVICE_URL={service_url!r} must be an http(s) URL")
-        return cls(
-            namespace=env.get("HEALTHPREDICT_K8S_NAMESPACE") or "healthpredict",
-            deployment=env.get("HEALTHPREDICT_K8S_DEPLOYMENT") or "healthpredict-service",
-            container=env.get("HEALTHPREDICT_K8S_CONTAINER") or "service",
-            service_url=service_url,
-            rollout_timeout_s=_positive(env, "HEALTHPREDICT_ROLLOUT_TIMEOUT_S", 300.0),
-            verify_samples=int(_positive(env, "HEALTHPREDICT_VERIFY_SAMPLES", 10)),
-            context=env.get("HEALTHPREDICT_K8S_CONTEXT") or None,
-            kubeconfig=env.get("KUBECONFIG") or None,
-            in_cluster=(env.get("HEALTHPREDICT_K8S_IN_CLUSTER") or "").strip().lower() in {"1", "true", "yes", "on"},
-        )
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={value} must be > 0")
-    return value
 
 
 class DeploymentApi(Protocol):
@@ -317,7 +265,8 @@ def deploy_kubernetes(
     ``image`` is an already built and pushed reference; without it the image is built and pushed here.
     """
     version = str(version)
-    kube = kube or KubernetesSettings.from_env()
+    kube = kube or settings.kubernetes
+    service_url = kube.required_service_url()
     name = f"{kube.namespace}/{kube.deployment}"
     model_uri = f"models:/{settings.tracking.model_name}/{version}"
     verify = verify or live_verifier(settings, version, kube.verify_samples, sleep)
@@ -330,7 +279,7 @@ def deploy_kubernetes(
 
     template_state(read(), kube.container)  # an unreachable cluster or a wrong Deployment fails before the build
     if image is None:
-        image = build_and_push(settings, ImageSettings.from_env(), version, report)
+        image = build_and_push(settings, settings.image, version, report)
     previous = template_state(read(), kube.container)
     report.step(
         f"Deployment {name} at revision {previous.revision}: image {previous.image}, model {previous.model_uri}"
@@ -343,8 +292,8 @@ def deploy_kubernetes(
         report.step(f"Deployment {name} patched: image {image}, {MODEL_URI_ENV}={model_uri}")
         status = wait_for_rollout(api, kube, clock=clock, sleep=sleep)
         report.step(f"rollout complete: {status.message}")
-        verify(kube.service_url, version)
-        report.step(f"verified through {kube.service_url}: every sampled replica serves version {version}, smoke ok")
+        verify(service_url, version)
+        report.step(f"verified through {service_url}: every sampled replica serves version {version}, smoke ok")
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DeploymentError) else str(exc)
         try:
@@ -359,4 +308,4 @@ def deploy_kubernetes(
         if not isinstance(exc, Exception):
             raise
         raise DeploymentError(f"{reason}; rolled back to image {previous.image} ({previous.model_uri})") from exc
-    report.url = kube.service_url
+    report.url = service_url

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from healthpredict.deploy.common import (
     smoke_records,
     verify_service,
 )
-from healthpredict.settings import Settings
+from healthpredict.settings import Settings, process_environment
 
 READY_TIMEOUT_S = 120.0
 
@@ -37,13 +36,12 @@ def free_loopback_port() -> int:
 
 def start_service(settings: Settings, model_uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     """A ``healthpredict serve`` process for one model URI on 127.0.0.1 (no alias polling)."""
-    env = {
-        **os.environ,
-        "HEALTHPREDICT_MODEL_URI": model_uri,
-        "HEALTHPREDICT_MODEL_POLL_SECONDS": "0",
-        "HEALTHPREDICT_HOME": str(settings.home),
-        "MLFLOW_TRACKING_URI": settings.tracking.tracking_uri,
-    }
+    env = process_environment(
+        HEALTHPREDICT_MODEL_URI=model_uri,
+        HEALTHPREDICT_MODEL_POLL_SECONDS="0",
+        HEALTHPREDICT_HOME=str(settings.home),
+        MLFLOW_TRACKING_URI=settings.tracking.tracking_uri,
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -93,7 +91,7 @@ def deploy_local(settings: Settings, version: str, report: DeploymentReport) -> 
     finally:
         stop(candidate)
         report.step("candidate stopped")
-    running = os.environ.get("HEALTHPREDICT_SERVICE_URL")
+    running = settings.deploy.service_url
     if running:
         report.url = running
         report.step(f"running service at {running} will be switched after the alias moves")

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 
 def test_registry_auth_decodes_the_moto_ecr_token(aws_env: dict[str, str], tmp_path: Path) -> None:
     settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path), **aws_env})
-    assert settings.aws_endpoint_url == aws_env["AWS_ENDPOINT_URL"]
-    ecr = boto3.client("ecr", endpoint_url=settings.aws_endpoint_url, region_name="us-east-1")
+    assert settings.aws.endpoint_url == aws_env["AWS_ENDPOINT_URL"]
+    ecr = boto3.client("ecr", endpoint_url=settings.aws.endpoint_url, region_name="us-east-1")
     repository_uri = ecr.create_repository(repositoryName="healthpredict-service")["repository"]["repositoryUri"]
     parsed = parse_ecr_url(repository_uri)
     assert parsed is not None and parsed.repository == "healthpredict-service"

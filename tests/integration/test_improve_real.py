@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -21,13 +22,12 @@ from healthpredict.improve import (
     PREDICTIONS_DIR,
     ImprovementError,
     ImprovementOptions,
-    ImprovementSettings,
     improve,
 )
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import CHAMPION, configure_tracking, log_pipeline, register_challenger, set_champion
 from healthpredict.schema import TARGET_COLUMN
-from healthpredict.settings import Settings
+from healthpredict.settings import ImprovementSettings, Settings
 from healthpredict.split import SPLIT_DIR, SplitReader
 
 pytestmark = pytest.mark.integration
@@ -88,9 +88,8 @@ def test_forced_retrain_deploys_and_records_every_decision(
     original_batch_02 = SplitReader(settings).read("batch_02")
 
     result = improve(
-        settings,
+        replace(settings, improvement=POLICY),
         ImprovementOptions(batches=2, force=("2",), inject="label_prior_shift", inject_batch=2, inject_severity=0.3),
-        POLICY,
     )
 
     first, second = result.decisions
@@ -187,7 +186,7 @@ def test_unreadable_batch_fails_the_run_with_the_cause(
 
     cause = r"batch_01 cannot be read, improvement stopped: .*file is missing"
     with pytest.raises(ImprovementError, match=cause):
-        improve(settings, ImprovementOptions(batches=2), POLICY)
+        improve(replace(settings, improvement=POLICY), ImprovementOptions(batches=2))
     state = continuous_improvement(batches=2, return_state=True)  # the flow fails with the same cause
     assert state.is_failed()
     with pytest.raises(Exception, match=cause):

@@ -11,7 +11,6 @@ import pytest
 from healthpredict.deploy.common import DeploymentError, DeploymentReport
 from healthpredict.deploy.image import (
     BUILD_TARGET,
-    ImageSettings,
     build_and_push,
     build_image,
     image_tag,
@@ -20,7 +19,7 @@ from healthpredict.deploy.image import (
     registry_auth,
     registry_host,
 )
-from healthpredict.settings import Settings, SettingsError
+from healthpredict.settings import ImageSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -190,14 +189,18 @@ def test_registry_auth_failure_names_the_registry(settings: Settings) -> None:
         registry_auth(ECR_REPO, settings, ecr_client=factory)
 
 
+def image_from_env(env: dict[str, str]) -> ImageSettings:
+    return Settings.from_env({"HEALTHPREDICT_HOME": "/tmp/unused", **env}).image
+
+
 def test_image_settings_fail_loudly_and_parse(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="HEALTHPREDICT_IMAGE_REPOSITORY"):
-        ImageSettings.from_env({})
+        image_from_env({}).required_repository()
     with pytest.raises(SettingsError, match="must not carry a tag"):
-        ImageSettings.from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "healthpredict-service:latest"})
+        image_from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "healthpredict-service:latest"})
     with pytest.raises(SettingsError, match="HEALTHPREDICT_IMAGE_PUSH"):
-        ImageSettings.from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "x", "HEALTHPREDICT_IMAGE_PUSH": "maybe"})
-    image = ImageSettings.from_env(
+        image_from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "x", "HEALTHPREDICT_IMAGE_PUSH": "maybe"})
+    image = image_from_env(
         {
             "HEALTHPREDICT_IMAGE_REPOSITORY": "localhost:5000/healthpredict-service",
             "HEALTHPREDICT_BUILD_CONTEXT": str(tmp_path),
@@ -212,7 +215,7 @@ def test_image_settings_fail_loudly_and_parse(tmp_path: Path) -> None:
         SHA,
     )
     assert (image.build_args, image.build_network) == ({}, None)
-    offline = ImageSettings.from_env(
+    offline = image_from_env(
         {
             "HEALTHPREDICT_IMAGE_REPOSITORY": "healthpredict-service",
             "HEALTHPREDICT_IMAGE_BUILD_ARGS": "PYTHON_IMAGE=local/python:3.11-bookworm, PIP_INDEX_URL=http://mirror/s",
@@ -222,7 +225,7 @@ def test_image_settings_fail_loudly_and_parse(tmp_path: Path) -> None:
     assert offline.build_args == {"PYTHON_IMAGE": "local/python:3.11-bookworm", "PIP_INDEX_URL": "http://mirror/s"}
     assert offline.build_network == "host"
     with pytest.raises(SettingsError, match=r"HEALTHPREDICT_IMAGE_BUILD_ARGS item 'no-equals'"):
-        ImageSettings.from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "x", "HEALTHPREDICT_IMAGE_BUILD_ARGS": "no-equals"})
+        image_from_env({"HEALTHPREDICT_IMAGE_REPOSITORY": "x", "HEALTHPREDICT_IMAGE_BUILD_ARGS": "no-equals"})
 
 
 def test_build_and_push_end_to_end_with_a_fake_engine(settings: Settings, tmp_path: Path) -> None:

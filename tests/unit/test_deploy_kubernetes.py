@@ -23,12 +23,11 @@ from healthpredict.deploy.kubernetes import (
     POLL_INTERVAL_S,
     REVISION_ANNOTATION,
     KubernetesApi,
-    KubernetesSettings,
     deploy_kubernetes,
     rollout_status,
     template_patch,
 )
-from healthpredict.settings import Settings, SettingsError
+from healthpredict.settings import KubernetesSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -350,22 +349,24 @@ def test_rollout_status_waits_for_old_replicas_and_observed_generation() -> None
     assert not rollout_status(obj).failed
 
 
+def kube_from_env(env: dict[str, str]) -> KubernetesSettings:
+    return Settings.from_env({"HEALTHPREDICT_HOME": "/tmp/unused", **env}).kubernetes
+
+
 def test_settings_name_the_missing_service_url() -> None:
     with pytest.raises(SettingsError, match="HEALTHPREDICT_K8S_SERVICE_URL"):
-        KubernetesSettings.from_env({})
-    kube = KubernetesSettings.from_env({"HEALTHPREDICT_K8S_SERVICE_URL": "http://127.0.0.1:30800/"})
+        kube_from_env({}).required_service_url()
+    kube = kube_from_env({"HEALTHPREDICT_K8S_SERVICE_URL": "http://127.0.0.1:30800/"})
     assert (kube.namespace, kube.deployment, kube.container) == ("healthpredict", "healthpredict-service", "service")
     assert (kube.service_url, kube.rollout_timeout_s) == ("http://127.0.0.1:30800", 300.0)
     with pytest.raises(SettingsError, match="HEALTHPREDICT_ROLLOUT_TIMEOUT_S"):
-        KubernetesSettings.from_env(
-            {"HEALTHPREDICT_K8S_SERVICE_URL": SERVICE_URL, "HEALTHPREDICT_ROLLOUT_TIMEOUT_S": "0"}
-        )
+        kube_from_env({"HEALTHPREDICT_K8S_SERVICE_URL": SERVICE_URL, "HEALTHPREDICT_ROLLOUT_TIMEOUT_S": "0"})
 
 
 def test_unloadable_kubeconfig_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "no-such-kubeconfig"
     monkeypatch.setenv("KUBECONFIG", str(missing))
-    kube = KubernetesSettings.from_env({"HEALTHPREDICT_K8S_SERVICE_URL": SERVICE_URL, "KUBECONFIG": str(missing)})
+    kube = kube_from_env({"HEALTHPREDICT_K8S_SERVICE_URL": SERVICE_URL, "KUBECONFIG": str(missing)})
     assert kube.kubeconfig == str(missing)
     with pytest.raises(DeploymentError, match=rf"kubeconfig {missing}.*context minikube"):
         KubernetesApi(context="minikube", kubeconfig=kube.kubeconfig)

@@ -12,10 +12,8 @@ from conftest import raw_frame
 from healthpredict.drift import (
     PREDICTION_COLUMN,
     DriftError,
-    DriftThresholds,
     check_drift,
     drift_report,
-    drift_thresholds_from_env,
     expected_calibration_error,
     performance_on,
     write_drift_report_html,
@@ -24,7 +22,7 @@ from healthpredict.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, clean
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import LoadedModel
 from healthpredict.schema import TARGET_COLUMN, coerce_types
-from healthpredict.settings import SettingsError
+from healthpredict.settings import DriftThresholds
 
 pytestmark = pytest.mark.unit
 
@@ -157,18 +155,6 @@ def test_html_report_is_written(reference: pd.DataFrame, tmp_path: Path) -> None
     path = write_drift_report_html(reference, encounters(200, seed=6), tmp_path / "out" / "drift.html")
     text = path.read_text()
     assert path.stat().st_size > 10_000 and "num_medications" in text
-
-
-def test_thresholds_from_environment() -> None:
-    thresholds = drift_thresholds_from_env(
-        {"HEALTHPREDICT_DRIFT_SHARE_THRESHOLD": "0.5", "HEALTHPREDICT_DRIFT_NUMERIC_THRESHOLD": "0.2"}
-    )
-    assert (thresholds.drift_share, thresholds.numeric_threshold, thresholds.categorical_threshold) == (0.5, 0.2, 0.1)
-    assert drift_thresholds_from_env({}) == DriftThresholds()
-    with pytest.raises(SettingsError, match="HEALTHPREDICT_DRIFT_SHARE_THRESHOLD"):
-        drift_thresholds_from_env({"HEALTHPREDICT_DRIFT_SHARE_THRESHOLD": "lots"})
-    with pytest.raises(SettingsError, match="HEALTHPREDICT_DRIFT_CATEGORICAL_THRESHOLD"):
-        drift_thresholds_from_env({"HEALTHPREDICT_DRIFT_CATEGORICAL_THRESHOLD": "1.5"})
 
 
 def test_summary_markdown_lists_drifted_features_first(reference: pd.DataFrame, model: LoadedModel) -> None:

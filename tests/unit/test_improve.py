@@ -12,17 +12,13 @@ from conftest import raw_frame
 from healthpredict.features import SAMPLE_WEIGHT_COLUMN, sample_weights
 from healthpredict.improve import (
     BatchDecision,
-    ImprovementSettings,
     decide_retraining,
     holdout_split,
-    improvement_settings_from_env,
     is_forced,
-    parse_half_life,
-    parse_window,
     plot_simulation,
     training_window,
 )
-from healthpredict.settings import SettingsError
+from healthpredict.settings import ImprovementSettings
 
 pytestmark = pytest.mark.unit
 
@@ -70,26 +66,6 @@ def test_unmeasurable_auc_cannot_trigger() -> None:
     assert not decide_retraining(0.1, auc_before=0.4, baseline_auc=None, policy=POLICY).retrain
 
 
-def test_thresholds_and_window_from_env() -> None:
-    policy = improvement_settings_from_env(
-        {"HEALTHPREDICT_RETRAIN_DRIFT_SHARE": "0.5", "HEALTHPREDICT_RETRAIN_AUC_DROP": "0.05",
-         "HEALTHPREDICT_TRAINING_WINDOW": "3"}
-    )  # fmt: skip
-    assert (policy.retrain_drift_share, policy.retrain_auc_drop, policy.training_window) == (0.5, 0.05, 3)
-    assert policy.retrain_every == 1  # default: retrain on every labelled batch the champion has not seen
-    assert improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_EVERY": "0"}).retrain_every == 0
-    with pytest.raises(SettingsError, match="HEALTHPREDICT_RETRAIN_EVERY"):
-        improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_EVERY": "-1"})
-    assert improvement_settings_from_env({}) == ImprovementSettings()
-    with pytest.raises(SettingsError, match="HEALTHPREDICT_RETRAIN_DRIFT_SHARE"):
-        improvement_settings_from_env({"HEALTHPREDICT_RETRAIN_DRIFT_SHARE": "1.5"})
-    with pytest.raises(SettingsError, match="HEALTHPREDICT_TRAINING_WINDOW"):
-        parse_window("0")
-    with pytest.raises(SettingsError, match="HEALTHPREDICT_TRAINING_WINDOW"):
-        parse_window("recent")
-    assert parse_window(" ALL ") == "all"
-
-
 def _parts() -> tuple[dict[str, pd.DataFrame], list[pd.DataFrame]]:
     initial = {name: raw_frame(10, seed=i).assign(part=name) for i, name in enumerate(("train", "val", "test"))}
     batches = [raw_frame(20 + i, seed=10 + i).assign(part=f"batch_{i + 1:02d}") for i in range(4)]
@@ -129,17 +105,6 @@ def test_sample_weights_must_be_positive_and_finite() -> None:
     for bad in ([1.0, 0.0, 1.0], [1.0, float("nan"), 1.0], [1.0, -2.0, 1.0]):
         with pytest.raises(ValueError, match=SAMPLE_WEIGHT_COLUMN):
             sample_weights(frame.assign(**{SAMPLE_WEIGHT_COLUMN: bad}))
-
-
-def test_half_life_setting() -> None:
-    assert ImprovementSettings().recency_half_life == 1.0
-    assert improvement_settings_from_env({"HEALTHPREDICT_RECENCY_HALF_LIFE": "2.5"}).recency_half_life == 2.5
-    for off in ("none", "OFF", "0"):
-        assert improvement_settings_from_env({"HEALTHPREDICT_RECENCY_HALF_LIFE": off}).recency_half_life is None
-    assert parse_half_life(None, 1.0) == 1.0
-    for bad in ("-1", "soon", "inf"):
-        with pytest.raises(SettingsError, match="HEALTHPREDICT_RECENCY_HALF_LIFE"):
-            parse_half_life(bad, 1.0)
 
 
 def test_holdout_is_a_patient_disjoint_slice_of_the_newest_batch() -> None:
