@@ -35,9 +35,10 @@ COPY pyproject.toml README.md ./
 COPY healthpredict ./healthpredict
 COPY flows ./flows
 COPY service ./service
+COPY cli ./cli
 # The service's import graph must be complete without the training stack: fail the build, not the pod.
 RUN uv pip install --python /opt/venv/bin/python --no-deps . \
-    && python -c "import service.app, healthpredict.cli, healthpredict.fast_inference, onnxmltools, skl2onnx"
+    && python -c "import service.app, cli.main, healthpredict.fast_inference, onnxmltools, skl2onnx"
 
 # ---------------------------------------------------------------------------------------------
 # service (final, default target): runtime only. No compiler, no sources, non-root.

@@ -256,7 +256,7 @@ def server(code: str, port: int, env: dict[str, str], ready_path: str, log: Path
 
 def service_code(port: int) -> str:
     args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    return f"from healthpredict.cli import main; raise SystemExit(main({args!r}))"
+    return f"from cli.main import main; raise SystemExit(main({args!r}))"
 
 
 def floor_code(port: int) -> str:

@@ -27,12 +27,15 @@ def search_evaluate_register(settings: Settings) -> dict[str, Any]:
 
 @flow(name="train", log_prints=True)
 def train(
-    trials_per_family: int = 20,
-    time_budget_s: int = 330,
+    trials_per_family: int | None = None,
+    time_budget_s: int | None = None,
     families: list[Family] | None = None,
     max_concurrent: int | None = None,
 ) -> dict[str, Any]:
-    """Search logistic regression, random forest and XGBoost; register the best as ``challenger``."""
+    """Search logistic regression, random forest and XGBoost; register the best as ``challenger``.
+
+    A parameter left unset means "use the settings" (``HEALTHPREDICT_TRIALS_PER_FAMILY`` and friends).
+    """
     settings = flow_settings(
         trials_per_family=trials_per_family, time_budget_s=time_budget_s, families=families,
         max_concurrent=max_concurrent,

@@ -92,7 +92,7 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
         HEALTHPREDICT_RELOAD_TOKEN=TOKEN,
     )
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
-    command = [sys.executable, "-c", "from healthpredict.cli import main; raise SystemExit(main())"]
+    command = [sys.executable, "-c", "from cli.main import main; raise SystemExit(main())"]
     process = subprocess.Popen(
         [*command, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT,

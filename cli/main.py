@@ -1,23 +1,31 @@
-"""The ``healthpredict`` command line: one subcommand per pipeline stage."""
+"""The ``healthpredict`` command: the parser, the output configuration and one handler per subcommand.
+
+Handlers import what they call when they run (Prefect, Ray, Evidently and Litestar are slow to import), so
+``healthpredict drift`` does not pay for the search stack, nor ``healthpredict serve`` for Prefect.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from healthpredict.settings import ALL_FAMILIES, Settings, SettingsError, apply_tool_environment, get_settings
+from healthpredict.settings import (
+    ALL_FAMILIES,
+    Settings,
+    SettingsError,
+    TrainingSettings,
+    apply_tool_environment,
+    get_settings,
+)
 
 log = logging.getLogger("healthpredict")
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-
-
-def _print_json(payload: object) -> None:
-    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+TRAINING_DEFAULTS = TrainingSettings()
+# Libraries whose INFO lines narrate their internals (HTTP calls, study creation); shown with -v only.
+QUIET_LOGGERS = ("httpx", "optuna", "numba", "matplotlib", "urllib3", "botocore", "alembic")
 
 
 def cmd_data_fetch(args: argparse.Namespace, settings: Settings) -> int:
@@ -39,9 +47,9 @@ def cmd_split(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _training_settings(args: argparse.Namespace, settings: Settings) -> Settings:
-    """Apply search-budget flags on top of the environment's settings."""
+    """Apply search-budget flags on top of the environment's settings (an unset flag keeps the setting)."""
     return settings.with_training(
-        trials_per_family=args.trials_per_family, time_budget_s=args.time_budget_s, families=args.families or None
+        trials_per_family=args.trials_per_family, time_budget_s=args.time_budget_s, families=args.families
     )
 
 
@@ -85,7 +93,9 @@ def cmd_drift(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_blocks_create(args: argparse.Namespace, settings: Settings) -> int:
-    slugs = _named("flows.blocks:create_aws_blocks")(settings, args.bucket)
+    from flows.blocks import create_aws_blocks
+
+    slugs = create_aws_blocks(settings, args.bucket)
     print(f"saved Prefect blocks {slugs['credentials']} and {slugs['bucket']}")
     return 0
 
@@ -105,10 +115,10 @@ def cmd_improve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    # The app is named, not imported: the domain package does not depend on the service layer.
+    from service.app import create_app
+
     uvicorn.run(
-        "service.app:create_app",
-        factory=True,
+        create_app(settings),
         host=args.host or settings.service.host,
         port=args.port if args.port is not None else settings.service.port,
         workers=1,
@@ -118,23 +128,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _named(reference: str) -> Any:
-    """An object named ``module:attribute`` (flows and the service are edges this package does not import)."""
-    import importlib
-
-    module, _, attribute = reference.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.pipeline import pipeline
     from healthpredict.deploy.common import http_json, smoke_records, to_request_records
     from healthpredict.deploy.local import start_service, stop, wait_ready
 
-    run_pipeline = _named("flows.pipeline:pipeline")
-    outcome = run_pipeline(
+    outcome = pipeline(
         source=args.source,
-        trials_per_family=args.trials_per_family or settings.training.trials_per_family,
-        time_budget_s=args.time_budget_s or settings.training.time_budget_s,
+        trials_per_family=args.trials_per_family,
+        time_budget_s=args.time_budget_s,
         families=list(args.families) if args.families else None,
         no_deploy=args.no_deploy,
     )
@@ -147,12 +149,10 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     service = start_service(settings, settings.service.model_uri, port, settings.home / "service.log")
     try:
         wait_ready(base_url, service)
-        record = to_request_records(smoke_records(settings, 1))[0]
-        answer = http_json("POST", f"{base_url}/v1/predict", record)
+        sample = smoke_records(settings, 1)
+        answer = http_json("POST", f"{base_url}/v1/predict", to_request_records(sample)[0])
         print(f"\nThe champion is served at {base_url} (log {settings.home / 'service.log'}).")
-        print(
-            f"Sample prediction for test encounter {int(smoke_records(settings, 1)['encounter_id'].iloc[0])}: {answer}"
-        )
+        print(f"Sample prediction for test encounter {int(sample['encounter_id'].iloc[0])}: {answer}")
         print(f"Try: curl -s {base_url}/v1/model ; the API is described at {base_url}/schema/swagger")
         if args.exit_after_sample:
             return 0
@@ -165,44 +165,67 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _shared_options() -> dict[str, argparse.ArgumentParser]:
+    """Options several commands take, each declared once (argparse ``parents``)."""
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument(
+        "--source", help="zip, csv, URL or fsspec URI of the raw data (default: HEALTHPREDICT_RAW_DATA)"
+    )
+    budget = argparse.ArgumentParser(add_help=False)
+    budget.add_argument(
+        "--trials-per-family", type=int, metavar="N",
+        help="trials per model family "
+        f"(default: HEALTHPREDICT_TRIALS_PER_FAMILY or {TRAINING_DEFAULTS.trials_per_family})",
+    )  # fmt: skip
+    budget.add_argument(
+        "--time-budget-s", type=int, metavar="S",
+        help="wall-clock budget of a search "
+        f"(default: HEALTHPREDICT_TIME_BUDGET_S or {TRAINING_DEFAULTS.time_budget_s})",
+    )  # fmt: skip
+    budget.add_argument(
+        "--families", nargs="+", choices=ALL_FAMILIES,
+        help=f"model families to search (default: HEALTHPREDICT_FAMILIES or {' '.join(ALL_FAMILIES)})",
+    )  # fmt: skip
+    no_deploy = argparse.ArgumentParser(add_help=False)
+    no_deploy.add_argument(
+        "--no-deploy", action="store_true",
+        help="move the champion alias right after the gate, without a verified deployment",
+    )  # fmt: skip
+    return {"source": source, "budget": budget, "no_deploy": no_deploy}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="healthpredict",
         description="HealthPredict: readmission model from raw data to a served, monitored champion.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="every library's log lines, at debug level")
+    shared = _shared_options()
+    source, budget, no_deploy = shared["source"], shared["budget"], shared["no_deploy"]
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="raw data acquisition")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     fetch = data_commands.add_parser(
-        "fetch", help="download or read the raw UCI data, verify its checksum and schema, cache it"
+        "fetch", parents=[source], help="download or read the raw UCI data, verify its checksum and schema, cache it"
     )
-    fetch.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
     fetch.set_defaults(handler=cmd_data_fetch)
 
     split = commands.add_parser(
-        "split", help="clean and split the raw data (patient-disjoint train/val/test + future batches)"
+        "split", parents=[source], help="clean and split the raw data (patient-disjoint train/val/test + batches)"
     )
-    split.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
     split.set_defaults(handler=cmd_split)
 
     train = commands.add_parser(
-        "train", help="Ray Tune search over logistic regression, random forest and XGBoost; register the challenger"
-    )
-    train.add_argument("--trials-per-family", type=int, help="trials per model family (default 20)")
-    train.add_argument("--time-budget-s", type=int, help="wall-clock budget of the whole search (default 330)")
-    train.add_argument(
-        "--families", nargs="+", choices=ALL_FAMILIES, help="model families to search (default: all three)"
-    )
+        "train", parents=[budget],
+        help="Ray Tune search over logistic regression, random forest and XGBoost; register the challenger",
+    )  # fmt: skip
     train.set_defaults(handler=cmd_train)
 
     promote = commands.add_parser(
-        "promote", help="gate the challenger against the champion on the same holdout; deploy and move champion"
-    )
-    promote.add_argument(
-        "--no-deploy", action="store_true", help="move the champion alias directly after the gate, without deploying"
-    )
+        "promote", parents=[no_deploy],
+        help="gate the challenger against the champion on the same holdout; deploy it and move champion",
+    )  # fmt: skip
     promote.set_defaults(handler=cmd_promote)
 
     serve = commands.add_parser("serve", help="serve predictions from HEALTHPREDICT_MODEL_URI (uvicorn, Litestar)")
@@ -211,14 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     pipeline = commands.add_parser(
-        "pipeline",
+        "pipeline", parents=[source, budget, no_deploy],
         help="raw data → split → search → registry → gate → verified deployment → champion served (Prefect flow)",
-    )
-    pipeline.add_argument("--source", help="zip, csv, URL or fsspec URI (default: HEALTHPREDICT_RAW_DATA)")
-    pipeline.add_argument("--trials-per-family", type=int, help="trials per model family (default 20)")
-    pipeline.add_argument("--time-budget-s", type=int, help="wall-clock budget of the search (default 330)")
-    pipeline.add_argument("--families", nargs="+", choices=ALL_FAMILIES, help="model families (default: all)")
-    pipeline.add_argument("--no-deploy", action="store_true", help="move champion without the deployment step")
+    )  # fmt: skip
     pipeline.add_argument("--port", type=int, help="port of the served champion (default HEALTHPREDICT_PORT or 8000)")
     pipeline.add_argument(
         "--exit-after-sample", action="store_true", help="stop the service after the sample prediction"
@@ -241,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     blocks_create.set_defaults(handler=cmd_blocks_create)
 
     drift = commands.add_parser(
-        "drift", help="drift report of a future batch against the champion's training data (logged to MLflow)"
+        "drift", help="drift of a future batch against the champion's training data (logged to MLflow)"
     )
     drift.add_argument("--batch", type=int, required=True, help="future batch number, 1 = the first after training")
     drift.add_argument(
@@ -253,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     drift.set_defaults(handler=cmd_drift)
 
     improve = commands.add_parser(
-        "improve",
+        "improve", parents=[budget, no_deploy],
         help="continuous improvement: score each future batch with the champion, check drift, retrain, gate, deploy",
-    )
+    )  # fmt: skip
     improve.add_argument("--batches", type=int, help="only the first N future batches (default: all)")
     improve.add_argument(
         "--force", nargs="+", metavar="BATCH", help="retrain on these batches whatever the rule says ('all': every one)"
@@ -265,16 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     improve.add_argument("--inject-batch", type=int, default=1, help="batch the scenario is applied to (default 1)")
     improve.add_argument("--inject-severity", type=float, default=0.5, help="scenario severity in (0, 1] (default 0.5)")
-    improve.add_argument("--no-deploy", action="store_true", help="move champion after the gate without deploying")
-    improve.add_argument("--trials-per-family", type=int, help="trials per model family per retrain")
-    improve.add_argument("--time-budget-s", type=int, help="wall-clock budget of each retrain's search")
-    improve.add_argument("--families", nargs="+", choices=ALL_FAMILIES, help="model families (default: all)")
     improve.set_defaults(handler=cmd_improve)
     return parser
-
-
-# Libraries whose INFO lines narrate their internals (HTTP calls, study creation); shown with -v only.
-QUIET_LOGGERS = ("httpx", "optuna", "numba", "matplotlib", "urllib3", "botocore", "alembic")
 
 
 def configure_output(verbose: bool) -> None:
@@ -288,7 +298,7 @@ def configure_output(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("healthpredict").setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
@@ -308,7 +318,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
