@@ -130,8 +130,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     from flows.pipeline import pipeline
-    from healthpredict.deploy.common import http_json, smoke_records, to_request_records
     from healthpredict.deploy.local import start_service, stop, wait_ready
+    from healthpredict.deploy.verify import http_json, smoke_records, to_request_records
 
     outcome = pipeline(
         source=args.source,

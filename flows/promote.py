@@ -6,15 +6,28 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import State
 
 from flows.common import flow_settings, model_version_link
-from healthpredict.deploy import deploy_version
+from healthpredict.deploy import DeploymentError, deploy_version
 from healthpredict.promote import promote as promote_challenger
 from healthpredict.registry import CHALLENGER, configure_tracking, version_by_alias
 from healthpredict.settings import Settings
 
 
-@task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=1800)
+def retry_unless_deployment_failed(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry a transient failure (the registry or store unreachable), never a deployment that failed: it was
+    undone, and running it again would roll out the same version again."""
+    try:
+        state.result()
+    except DeploymentError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=1800, retry_condition_fn=retry_unless_deployment_failed)
 def gate_and_promote(settings: Settings, deploy: bool) -> dict[str, Any]:
     outcome = promote_challenger(settings, deploy=deploy)
     return {"promoted": outcome.promoted, "version": outcome.decision.challenger_version, "summary": outcome.summary()}

@@ -47,7 +47,7 @@ import pandas as pd
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from healthpredict.features import CATEGORICAL_FEATURES, MODEL_INPUT_COLUMNS, NUMERIC_FEATURES, engineer_features
-from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_model
+from healthpredict.registry import LoadedModel, RegistryError, configure_tracking, ensure_experiment, load_champion
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import DriftThresholds, FeatureKind, Settings
@@ -384,15 +384,9 @@ def read_reference_and_batch(settings: Settings, batch: str | int) -> tuple[str,
     return name, reference, current
 
 
-def load_champion(settings: Settings) -> LoadedModel:
-    from healthpredict.registry import RegistryError, version_by_alias
-
-    if version_by_alias(settings, CHAMPION) is None:
-        raise DriftError(
-            f"registered model {settings.tracking.model_name!r} has no {CHAMPION!r} alias; promote a model first"
-        )
+def champion_for_drift(settings: Settings) -> LoadedModel:
     try:
-        return load_model(f"models:/{settings.tracking.model_name}@{CHAMPION}")
+        return load_champion(settings)
     except RegistryError as exc:
         raise DriftError(str(exc)) from exc
 
@@ -434,7 +428,7 @@ def monitor_batch(settings: Settings, batch: str | int, html_report: bool = True
     """Check one future batch against the champion's training data and record it in MLflow."""
     name, reference, current = read_reference_and_batch(settings, batch)
     configure_tracking(settings)
-    model = load_champion(settings)
+    model = champion_for_drift(settings)
     result = replace(check_drift(reference, current, model, settings.drift), batch=name)
     experiment_id, run_id = log_drift_run(settings, result, reference, current, model, html_report)
     log.info("drift %s: share %.3f, dataset drift %s, run %s", name, result.drift_share, result.dataset_drift, run_id)

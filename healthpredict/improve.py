@@ -45,7 +45,7 @@ from healthpredict.drift import DriftResult, batch_part_name, check_drift, requi
 from healthpredict.features import SAMPLE_WEIGHT_COLUMN
 from healthpredict.inject import SCENARIOS
 from healthpredict.inject import inject as inject_scenario
-from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_model
+from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_champion
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import ImprovementSettings, Settings, Window
@@ -295,7 +295,7 @@ def write_predictions(
 
 def load_champion_model(settings: Settings) -> LoadedModel:
     try:
-        return load_model(f"models:/{settings.tracking.model_name}@{CHAMPION}")
+        return load_champion(settings)
     except Exception as exc:
         raise ImprovementError(
             f"registered model {settings.tracking.model_name!r} has no loadable {CHAMPION!r}: {exc}"

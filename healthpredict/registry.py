@@ -287,6 +287,15 @@ def load_model(uri: str) -> LoadedModel:
     )
 
 
+def load_champion(settings: Settings) -> LoadedModel:
+    """The version ``champion`` points to; a missing alias or an unloadable model names itself."""
+    if version_by_alias(settings, CHAMPION) is None:
+        raise RegistryError(
+            f"registered model {settings.tracking.model_name!r} has no {CHAMPION!r} alias; promote a model first"
+        )
+    return load_model(alias_uri(settings, CHAMPION))
+
+
 @dataclass(frozen=True)
 class GateDecision:
     """The promotion gate's verdict, recorded on the challenger version and printed."""
@@ -322,7 +331,7 @@ def gate_challenger(settings: Settings, holdout: pd.DataFrame) -> GateDecision:
     challenger_mv = version_by_alias(settings, CHALLENGER)
     if challenger_mv is None:
         raise RegistryError(f"registered model {name!r} has no {CHALLENGER!r} alias; run `healthpredict train` first")
-    challenger = load_model(f"models:/{name}/{challenger_mv.version}")
+    challenger = load_model(version_uri(settings, challenger_mv.version))
     challenger_auc = holdout_auc(challenger, holdout)
     champion_mv = version_by_alias(settings, CHAMPION)
     tolerance = settings.gates.tolerance
@@ -333,7 +342,7 @@ def gate_challenger(settings: Settings, holdout: pd.DataFrame) -> GateDecision:
         passed, reason = True, "challenger is already the champion"
         champion_auc = challenger_auc
     else:
-        champion_auc = holdout_auc(load_model(f"models:/{name}/{champion_mv.version}"), holdout)
+        champion_auc = holdout_auc(load_model(version_uri(settings, champion_mv.version)), holdout)
         passed = challenger_auc >= champion_auc - tolerance
         relation = "within tolerance of or better than" if passed else "worse than"
         reason = (
@@ -358,6 +367,25 @@ def gate_challenger(settings: Settings, holdout: pd.DataFrame) -> GateDecision:
 def set_champion(settings: Settings, version: str) -> None:
     """Move ``champion`` to a version (after it was verified live, or with ``promote --no-deploy``)."""
     MlflowClient().set_registered_model_alias(settings.tracking.model_name, CHAMPION, version)
+
+
+def restore_alias(settings: Settings, alias: str, version: str | None) -> None:
+    """Point ``alias`` back at ``version``, or remove it when there was none (an undo step)."""
+    client = MlflowClient()
+    if version is None:
+        client.delete_registered_model_alias(settings.tracking.model_name, alias)
+    else:
+        client.set_registered_model_alias(settings.tracking.model_name, alias, version)
+
+
+def version_uri(settings: Settings, version: str | int) -> str:
+    """``models:/<name>/<version>``: one exact version, as deployments pin it."""
+    return f"models:/{settings.tracking.model_name}/{version}"
+
+
+def alias_uri(settings: Settings, alias: str) -> str:
+    """``models:/<name>@<alias>``: whatever version the alias points to when it is loaded."""
+    return f"models:/{settings.tracking.model_name}@{alias}"
 
 
 def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:

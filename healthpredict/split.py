@@ -132,7 +132,7 @@ def write_split(
             "batches": frames.batch_names,
         }
         (staged / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        store.publish_directory(staged, SPLIT_DIR, split_id)
+        store.publish_directory(staged, SPLIT_DIR, split_id, marker=MANIFEST_NAME)
     store.write_bytes(split_id.encode(), SPLIT_DIR, CURRENT_POINTER)
     return manifest
 

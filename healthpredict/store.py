@@ -1,8 +1,8 @@
 """The artifact store: a local folder or any fsspec URI (``s3://bucket/prefix``).
 
 Writes are all-or-nothing: a set of files is staged locally, then published (a directory rename on a
-local disk; uploads followed by a pointer written last on object stores), so readers never see a
-half-written set.
+local disk; on object stores, uploads to a staging prefix, then copies into place with the completeness
+marker last), so readers never see a half-written set and a failed write never removes a published one.
 """
 
 from __future__ import annotations
@@ -85,32 +85,42 @@ class ArtifactStore:
                 raise StoreError(f"{self.uri(*parts)}: not found") from exc
             yield local
 
-    def publish_directory(self, staged: Path, *parts: str) -> None:
-        """Replace the directory ``parts`` by the staged local directory as one step."""
-        target = self.path(*parts)
-        if self.is_local:
-            final = Path(target)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            incoming = final.parent / f".incoming-{uuid.uuid4().hex}"
-            shutil.copytree(staged, incoming)
-            os.chmod(incoming, 0o755)  # staging dirs are private; the published split is not
-            old = final.parent / f".old-{uuid.uuid4().hex}"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(incoming, final)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        uploaded: list[str] = []
-        try:
-            for file in sorted(staged.iterdir()):
-                remote = f"{target}/{file.name}"
-                self.fs.put_file(str(file), remote)
-                uploaded.append(remote)
-        except Exception as exc:
-            for remote in uploaded:
-                self._quiet_remove(remote)
-            raise StoreError(f"{self.uri(*parts)}: upload failed, nothing published ({exc})") from exc
+    def publish_directory(self, staged: Path, *parts: str, marker: str) -> None:
+        """Make the staged local directory visible as ``parts`` in one step; ``marker`` names the file whose
+        presence means "complete" (readers check it), so it is published last.
 
-    def _quiet_remove(self, path: str) -> None:
-        with contextlib.suppress(Exception):  # best-effort cleanup after a failed upload
-            self.fs.rm_file(path)
+        Locally: a directory rename. On object stores: every file is uploaded under a private staging prefix
+        first; only when all are there are they copied into place, the marker last. A failure removes the
+        staging prefix and nothing else: a split already published under the same name is never deleted.
+        """
+        if not (staged / marker).is_file():
+            raise StoreError(f"{self.uri(*parts)}: the staged directory has no {marker}")
+        if self.is_local:
+            self._publish_local(staged, self.path(*parts))
+            return
+        target = self.path(*parts)
+        staging = self.path(*parts[:-1], f".staging-{parts[-1]}-{uuid.uuid4().hex}")
+        names = [*sorted(file.name for file in staged.iterdir() if file.name != marker), marker]
+        try:
+            for name in names:
+                self.fs.put_file(str(staged / name), f"{staging}/{name}")
+            for name in names:  # the marker last: until it is in place the target is not complete
+                self.fs.copy(f"{staging}/{name}", f"{target}/{name}")
+        except Exception as exc:
+            raise StoreError(f"{self.uri(*parts)}: upload failed, nothing published ({exc})") from exc
+        finally:
+            with contextlib.suppress(Exception):  # best effort: staging prefixes are never read
+                self.fs.rm(staging, recursive=True)
+
+    @staticmethod
+    def _publish_local(staged: Path, target: str) -> None:
+        final = Path(target)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        incoming = final.parent / f".incoming-{uuid.uuid4().hex}"
+        shutil.copytree(staged, incoming)
+        os.chmod(incoming, 0o755)  # staging dirs are private; the published split is not
+        old = final.parent / f".old-{uuid.uuid4().hex}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(incoming, final)
+        shutil.rmtree(old, ignore_errors=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from healthpredict.deploy.common import DeploymentError, DeploymentReport
+from healthpredict.deploy.verify import DeploymentError, DeploymentReport
 from healthpredict.settings import ImageSettings, Settings
 
 BUILD_TARGET = "service"

@@ -1,16 +1,20 @@
 """The ``kubernetes`` target: patch the Deployment to the new image and exact model version, wait, verify, or undo.
 
 1. build and push ``<repository>:<version>-<sha>`` (:mod:`healthpredict.deploy.image`);
-2. read the Deployment and remember the ``service`` container's image and ``HEALTHPREDICT_MODEL_URI``;
+2. read the Deployment: the ``service`` container's image and ``HEALTHPREDICT_MODEL_URI``, and the last
+   verified pair, recorded as the annotations ``healthpredict.io/verified-image`` and
+   ``healthpredict.io/verified-model-uri``;
 3. strategic-merge patch both (``models:/<name>/<version>``, never the alias);
 4. wait for the rollout: generation observed, every replica updated and available, no old replica left; a
    ``ProgressDeadlineExceeded`` condition fails at once;
 5. verify through the Service URL: every sampled ``/v1/model`` answer reports the version, smoke predictions
-   equal the offline model's.
+   equal the offline model's;
+6. once ``champion`` has moved, record the new pair as the last verified one (a metadata patch, no rollout).
 
-Any failure after the patch patches the previous image and model URI back (what ``kubectl rollout undo`` does for
-the fields we changed), waits for that rollout and raises :class:`DeploymentError`. The Kubernetes API is reached
-only through :class:`KubernetesApi`; tests pass any object with the same two methods.
+A failure in 3-5, or a later step of the deployment, patches the last verified image and model URI back (the
+live ones on a Deployment never deployed by this code), waits for that rollout and raises
+:class:`DeploymentError`. The Kubernetes API is reached only through :class:`KubernetesApi`; tests pass any
+object with the same two methods.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from healthpredict.deploy.common import (
+from healthpredict.deploy.image import build_and_push
+from healthpredict.deploy.verify import (
     DeploymentError,
     DeploymentReport,
     http_json,
@@ -28,11 +33,13 @@ from healthpredict.deploy.common import (
     smoke_records,
     verify_service,
 )
-from healthpredict.deploy.image import build_and_push
+from healthpredict.registry import version_uri
 from healthpredict.settings import KubernetesSettings, Settings
 
 MODEL_URI_ENV = "HEALTHPREDICT_MODEL_URI"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+VERIFIED_IMAGE_ANNOTATION = "healthpredict.io/verified-image"
+VERIFIED_MODEL_ANNOTATION = "healthpredict.io/verified-model-uri"
 POLL_INTERVAL_S = 2.0
 API_TIMEOUT_S = 30.0
 VERSION_GRACE_S = 30.0
@@ -233,79 +240,129 @@ def live_verifier(
     return verify
 
 
-def undo(
-    api: DeploymentApi,
-    kube: KubernetesSettings,
-    previous: TemplateState,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Put the previous image and model URI back and wait until the old template runs again."""
-    body = template_patch(kube.container, previous.image, previous.model_uri)
-    what = f"rolling back Deployment {kube.namespace}/{kube.deployment}"
-    _api_call(api, what, lambda: api.patch_deployment(kube.namespace, kube.deployment, body))
-    wait_for_rollout(api, kube, clock=clock, sleep=sleep)
+def verified_state(deployment: Mapping[str, Any]) -> TemplateState | None:
+    """The image and model URI last deployed *and verified* (annotations that ``KubernetesTarget.activate`` writes)."""
+    annotations = deployment.get("metadata", {}).get("annotations") or {}
+    image, model_uri = annotations.get(VERIFIED_IMAGE_ANNOTATION), annotations.get(VERIFIED_MODEL_ANNOTATION)
+    if not image or not model_uri:
+        return None
+    return TemplateState(str(image), str(model_uri), annotations.get(REVISION_ANNOTATION))
 
 
-def deploy_kubernetes(
-    settings: Settings,
-    version: str,
-    report: DeploymentReport,
-    api: DeploymentApi | None = None,
-    image: str | None = None,
-    *,
-    kube: KubernetesSettings | None = None,
-    verify: Verifier | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Roll ``version`` out to the Deployment and verify it; on any failure undo the patch and raise.
+def verified_patch(state: TemplateState) -> dict[str, Any]:
+    """A metadata-only patch (no new rollout) that records ``state`` as the last verified template."""
+    return {
+        "metadata": {
+            "annotations": {VERIFIED_IMAGE_ANNOTATION: state.image, VERIFIED_MODEL_ANNOTATION: state.model_uri}
+        }
+    }
 
-    ``image`` is an already built and pushed reference; without it the image is built and pushed here.
+
+class KubernetesTarget:
+    """Patch the Deployment to the new image and exact model version, wait, verify through the Service.
+
+    Rolling back always returns to the last *verified* template (recorded as annotations once a deployment
+    has completed), never merely the live one: after a crash between patch and verification the live template
+    is unverified, and a later failure must not "restore" it.
     """
-    version = str(version)
-    kube = kube or settings.kubernetes
-    service_url = kube.required_service_url()
-    name = f"{kube.namespace}/{kube.deployment}"
-    model_uri = f"models:/{settings.tracking.model_name}/{version}"
-    verify = verify or live_verifier(settings, version, kube.verify_samples, sleep)
-    api = api or KubernetesApi(kube.context, kube.kubeconfig, kube.in_cluster)
 
-    def read() -> dict[str, Any]:
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: DeploymentApi | None = None,
+        image: str | None = None,
+        *,
+        kube: KubernetesSettings | None = None,
+        verify: Verifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube or settings.kubernetes
+        self._api = api
+        self.image = image  # an already built and pushed reference; built and pushed here when None
+        self._verify = verify
+        self.clock, self.sleep = clock, sleep
+        self.label = f"{self.kube.namespace}/{self.kube.deployment}"
+        self.fallback: TemplateState | None = None  # what a roll-back returns to
+        self.rolled: TemplateState | None = None  # what this deployment rolled out
+
+    @property
+    def api(self) -> DeploymentApi:
+        if self._api is None:
+            self._api = KubernetesApi(self.kube.context, self.kube.kubeconfig, self.kube.in_cluster)
+        return self._api
+
+    def _read(self) -> dict[str, Any]:
+        kube, api = self.kube, self.api
         return _api_call(
-            api, f"reading Deployment {name}", lambda: api.read_deployment(kube.namespace, kube.deployment)
+            api, f"reading Deployment {self.label}", lambda: api.read_deployment(kube.namespace, kube.deployment)
         )
 
-    template_state(read(), kube.container)  # an unreachable cluster or a wrong Deployment fails before the build
-    if image is None:
-        image = build_and_push(settings, settings.image, version, report)
-    previous = template_state(read(), kube.container)
-    report.step(
-        f"Deployment {name} at revision {previous.revision}: image {previous.image}, model {previous.model_uri}"
-    )
-    body = template_patch(kube.container, image, model_uri)
-    try:
+    def _patch(self, what: str, body: dict[str, Any]) -> None:
+        kube, api = self.kube, self.api
         _api_call(
-            api, f"patching Deployment {name}", lambda: api.patch_deployment(kube.namespace, kube.deployment, body)
+            api, f"{what} Deployment {self.label}", lambda: api.patch_deployment(kube.namespace, kube.deployment, body)
         )
-        report.step(f"Deployment {name} patched: image {image}, {MODEL_URI_ENV}={model_uri}")
-        status = wait_for_rollout(api, kube, clock=clock, sleep=sleep)
-        report.step(f"rollout complete: {status.message}")
-        verify(service_url, version)
-        report.step(f"verified through {service_url}: every sampled replica serves version {version}, smoke ok")
-    except BaseException as exc:
-        reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DeploymentError) else str(exc)
+
+    def roll_out(self, version: str, report: DeploymentReport) -> None:
+        """Build, patch, wait, verify; on any failure return to the last verified template and raise."""
+        settings, kube = self.settings, self.kube
+        service_url = kube.required_service_url()
+        model_uri = version_uri(settings, version)
+        verify = self._verify or live_verifier(settings, version, kube.verify_samples, self.sleep)
+        template_state(self._read(), kube.container)  # an unreachable cluster or a wrong Deployment fails first
+        image = self.image or build_and_push(settings, settings.image, version, report)
+        current = self._read()
+        live = template_state(current, kube.container)
+        self.fallback = verified_state(current) or live
+        report.step(f"Deployment {self.label} at revision {live.revision}: image {live.image}, model {live.model_uri}")
+        if (live.image, live.model_uri) != (self.fallback.image, self.fallback.model_uri):
+            report.step(
+                f"the live template is not the last verified one (image {self.fallback.image}, model "
+                f"{self.fallback.model_uri}); a failure returns to the verified one"
+            )
+        self.rolled = TemplateState(image, model_uri, None)
         try:
-            undo(api, kube, previous, clock=clock, sleep=sleep)
-        except Exception as undo_exc:
-            report.step(f"rollback of {name} FAILED: {undo_exc}")
+            self._patch("patching", template_patch(kube.container, image, model_uri))
+            report.step(f"Deployment {self.label} patched: image {image}, {MODEL_URI_ENV}={model_uri}")
+            status = wait_for_rollout(self.api, kube, clock=self.clock, sleep=self.sleep)
+            report.step(f"rollout complete: {status.message}")
+            verify(service_url, version)
+            report.step(f"verified through {service_url}: every sampled replica serves version {version}, smoke ok")
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DeploymentError) else str(exc)
+            try:
+                self.roll_back(None, report)
+            except Exception as undo_exc:
+                raise DeploymentError(f"{reason}; {undo_exc}") from exc
+            if not isinstance(exc, Exception):
+                raise
             raise DeploymentError(
-                f"{reason}; rollback to image {previous.image} also failed ({undo_exc}): run "
-                f"`kubectl -n {kube.namespace} rollout undo deployment/{kube.deployment}`"
+                f"{reason}; rolled back to image {self.fallback.image} ({self.fallback.model_uri})"
             ) from exc
-        report.step(f"rolled back: Deployment {name} runs image {previous.image}, {previous.model_uri} again")
-        if not isinstance(exc, Exception):
-            raise
-        raise DeploymentError(f"{reason}; rolled back to image {previous.image} ({previous.model_uri})") from exc
-    report.url = service_url
+
+    def activate(self, version: str, report: DeploymentReport) -> None:
+        """Record the rolled-out template as the last verified one (the alias now points at it)."""
+        assert self.rolled is not None, "activate() follows a successful roll_out()"
+        self._patch("annotating", verified_patch(self.rolled))
+        report.step(f"Deployment {self.label} annotated: image {self.rolled.image} is the last verified template")
+
+    def roll_back(self, previous: str | None, report: DeploymentReport) -> None:
+        """Patch the last verified image and model URI back and wait until that template runs again."""
+        if self.fallback is None:
+            return
+        kube, fallback = self.kube, self.fallback
+        try:
+            self._patch("rolling back", template_patch(kube.container, fallback.image, fallback.model_uri))
+            wait_for_rollout(self.api, kube, clock=self.clock, sleep=self.sleep)
+        except Exception as exc:
+            report.step(f"rollback of {self.label} FAILED: {exc}")
+            raise DeploymentError(
+                f"rollback to image {fallback.image} also failed ({exc}): set the container image to "
+                f"{fallback.image} and {MODEL_URI_ENV} to {fallback.model_uri} with `kubectl -n {kube.namespace} "
+                f"edit deployment/{kube.deployment}`"
+            ) from exc
+        report.step(f"rolled back: Deployment {self.label} runs image {fallback.image}, {fallback.model_uri} again")

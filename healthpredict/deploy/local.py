@@ -1,10 +1,12 @@
 """The ``local`` target: a real uvicorn candidate on a free loopback port, verified before anything moves.
 
 1. start ``healthpredict serve`` for the exact version (``models:/name/N``) on a free port;
-2. verify it: ready, reports version N, smoke predictions equal the offline model's;
-3. switch the running service (``HEALTHPREDICT_SERVICE_URL``), if there is one, by an authenticated
-   ``POST /admin/reload`` after ``champion`` moves, and verify it reports N;
-4. stop the candidate. Any failure stops the candidate and leaves everything as it was.
+2. verify it: ready, reports version N, smoke predictions equal the offline model's; stop it;
+3. after ``champion`` moves, switch the running service (``HEALTHPREDICT_SERVICE_URL``), if there is one, by
+   an authenticated ``POST /admin/reload``, and check it reports N.
+
+Undo (run by :func:`healthpredict.deploy.deploy_version` once ``champion`` is restored): a running service that
+was switched reloads again and must report the previous version.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from healthpredict.deploy.common import (
+from healthpredict.deploy.verify import (
     DeploymentError,
     DeploymentReport,
     http_json,
@@ -23,6 +25,7 @@ from healthpredict.deploy.common import (
     smoke_records,
     verify_service,
 )
+from healthpredict.registry import version_uri
 from healthpredict.settings import Settings, process_environment
 
 READY_TIMEOUT_S = 120.0
@@ -75,38 +78,61 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=20)
 
 
-def deploy_local(settings: Settings, version: str, report: DeploymentReport) -> None:
-    """Steps 1-2 and the candidate's shutdown; step 3's switch happens in :func:`switch_running_service`."""
-    offline = load_offline(settings, version)
-    records = smoke_records(settings)
-    port = free_loopback_port()
-    base_url = f"http://127.0.0.1:{port}"
-    log_path = settings.home / "deploy" / f"candidate-v{version}.log"
-    candidate = start_service(settings, f"models:/{settings.tracking.model_name}/{version}", port, log_path)
-    report.step(f"candidate started at {base_url} (pid {candidate.pid}, log {log_path})")
-    try:
-        wait_ready(base_url, candidate)
-        verify_service(base_url, version, offline, records)
-        report.step(f"candidate verified: ready, reports version {version}, {len(records)} smoke predictions match")
-    finally:
-        stop(candidate)
-        report.step("candidate stopped")
-    running = settings.deploy.service_url
-    if running:
-        report.url = running
-        report.step(f"running service at {running} will be switched after the alias moves")
+class LocalTarget:
+    """A verified candidate process; then the running service (``HEALTHPREDICT_SERVICE_URL``), if any, switched."""
 
+    name = "local"
 
-def switch_running_service(settings: Settings, version: str, report: DeploymentReport) -> None:
-    """Tell the running service to reload ``champion`` and check it now serves ``version``."""
-    if not report.url:
-        report.step("no running service configured (HEALTHPREDICT_SERVICE_URL); it picks the alias up on start")
-        return
-    token = settings.service.reload_token
-    if not token:
-        raise DeploymentError("HEALTHPREDICT_RELOAD_TOKEN is required to switch the running service")
-    http_json("POST", f"{report.url}/admin/reload", token=token, timeout=120)
-    info = http_json("GET", f"{report.url}/v1/model")
-    if str(info.get("version")) != version:
-        raise DeploymentError(f"running service at {report.url} reports version {info.get('version')} after reload")
-    report.step(f"running service at {report.url} reloaded and serves version {version}")
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.running = settings.deploy.service_url
+        self._switch_attempted = False
+
+    def roll_out(self, version: str, report: DeploymentReport) -> None:
+        """Steps 1-2: a candidate for exactly this version, verified, then stopped (nothing is left running)."""
+        settings = self.settings
+        offline = load_offline(settings, version)
+        records = smoke_records(settings)
+        port = free_loopback_port()
+        base_url = f"http://127.0.0.1:{port}"
+        log_path = settings.home / "deploy" / f"candidate-v{version}.log"
+        candidate = start_service(settings, version_uri(settings, version), port, log_path)
+        report.step(f"candidate started at {base_url} (pid {candidate.pid}, log {log_path})")
+        try:
+            wait_ready(base_url, candidate)
+            verify_service(base_url, version, offline, records)
+            report.step(f"candidate verified: ready, reports version {version}, {len(records)} smoke predictions match")
+        finally:
+            stop(candidate)
+            report.step("candidate stopped")
+
+    def activate(self, version: str, report: DeploymentReport) -> None:
+        """Step 3: the running service reloads ``champion`` (now ``version``) and must report it."""
+        if not self.running:
+            report.step("no running service configured (HEALTHPREDICT_SERVICE_URL); it picks the alias up on start")
+            return
+        self._switch_attempted = True
+        self._reload(version)
+        report.step(f"running service at {self.running} reloaded and serves version {version}")
+
+    def roll_back(self, previous: str | None, report: DeploymentReport) -> None:
+        """After ``champion`` was restored: a running service that was switched reloads it again."""
+        if not (self.running and self._switch_attempted):
+            return
+        if previous is None:
+            report.step(f"undo: running service at {self.running} left as it is (there was no champion before)")
+            return
+        self._reload(previous)
+        report.step(f"undo: running service at {self.running} reloaded and serves version {previous} again")
+
+    def _reload(self, expected: str) -> None:
+        token = self.settings.service.reload_token
+        if not token:
+            raise DeploymentError("HEALTHPREDICT_RELOAD_TOKEN is required to switch the running service")
+        http_json("POST", f"{self.running}/admin/reload", token=token, timeout=120)
+        info = http_json("GET", f"{self.running}/v1/model")
+        if str(info.get("version")) != expected:
+            raise DeploymentError(
+                f"running service at {self.running} reports version {info.get('version')} after reload, "
+                f"expected {expected}"
+            )

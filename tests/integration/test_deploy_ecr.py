@@ -8,8 +8,8 @@ import boto3
 import pytest
 from conftest import free_port
 
-from healthpredict.deploy.common import DeploymentError
 from healthpredict.deploy.image import parse_ecr_url, registry_auth
+from healthpredict.deploy.verify import DeploymentError
 from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from conftest import free_port, stop_process, training_env
 from mlflow import MlflowClient
 
 from healthpredict.deploy import DeploymentError, deploy_version
-from healthpredict.deploy.common import http_json, smoke_records, to_request_records
 from healthpredict.deploy.local import start_service, wait_ready
+from healthpredict.deploy.verify import http_json, smoke_records, to_request_records
 from healthpredict.features import model_inputs
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import (
@@ -42,9 +42,9 @@ def corrupt_artifact(settings: Settings, version: str) -> None:
     mv = MlflowClient().get_model_version(settings.tracking.model_name, version)
     model_id = mv.model_id or mv.source.removeprefix("models:/")
     location = MlflowClient().get_logged_model(model_id).artifact_location
-    pickle = Path(urlparse(location).path) / "model.pkl"
-    assert pickle.exists(), pickle
-    pickle.write_bytes(b"not a pickle")
+    artifact = Path(urlparse(location).path) / "model.skops"
+    assert artifact.exists(), artifact
+    artifact.write_bytes(b"not a model")
 
 
 def tags(settings: Settings, version: str) -> dict[str, str]:
@@ -88,6 +88,7 @@ def test_local_target_promotes_switches_and_rolls_back(
         worker = threading.Thread(target=load, daemon=True)
         worker.start()
         monkeypatch.setenv("HEALTHPREDICT_SERVICE_URL", url)
+        settings = Settings.from_env()
         second = register_logreg(settings, 0.5)
         report = deploy_version(settings, second)
         time.sleep(1.0)

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from healthpredict.deploy.common import DeploymentError, DeploymentReport
 from healthpredict.deploy.image import (
     BUILD_TARGET,
     build_and_push,
@@ -19,6 +18,7 @@ from healthpredict.deploy.image import (
     registry_auth,
     registry_host,
 )
+from healthpredict.deploy.verify import DeploymentError, DeploymentReport
 from healthpredict.settings import ImageSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit

@@ -17,16 +17,18 @@ import pytest
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from healthpredict.deploy.common import DeploymentError, DeploymentReport
 from healthpredict.deploy.kubernetes import (
     MODEL_URI_ENV,
     POLL_INTERVAL_S,
     REVISION_ANNOTATION,
+    VERIFIED_IMAGE_ANNOTATION,
+    VERIFIED_MODEL_ANNOTATION,
     KubernetesApi,
-    deploy_kubernetes,
+    KubernetesTarget,
     rollout_status,
     template_patch,
 )
+from healthpredict.deploy.verify import DeploymentError, DeploymentReport
 from healthpredict.settings import KubernetesSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
@@ -122,6 +124,9 @@ class FakeApi:
     def patch_deployment(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("patch", (namespace, name)))
         self.patches.append(copy.deepcopy(body))
+        if "spec" not in body:  # a metadata-only patch: annotations merge, no new rollout
+            self.obj["metadata"].setdefault("annotations", {}).update(body["metadata"]["annotations"])
+            return copy.deepcopy(self.obj)
         template = self.obj["spec"]["template"]["spec"]
         template["containers"] = merge_by_name(template["containers"], body["spec"]["template"]["spec"]["containers"])
         self.obj["metadata"]["generation"] += 1
@@ -186,13 +191,17 @@ def kube() -> KubernetesSettings:
     return KubernetesSettings(service_url=SERVICE_URL, rollout_timeout_s=300)
 
 
+def target_for(
+    settings: Settings, kube: KubernetesSettings, api: FakeApi, verifier: Any, clock: FakeClock
+) -> KubernetesTarget:
+    return KubernetesTarget(settings, api, NEW_IMAGE, kube=kube, verify=verifier, clock=clock, sleep=clock.sleep)
+
+
 def run_deploy(
     settings: Settings, kube: KubernetesSettings, api: FakeApi, verifier: RecordingVerifier, clock: FakeClock
 ) -> DeploymentReport:
     report = DeploymentReport(target="kubernetes", version="4")
-    deploy_kubernetes(
-        settings, "4", report, api=api, image=NEW_IMAGE, kube=kube, verify=verifier, clock=clock, sleep=clock.sleep
-    )
+    target_for(settings, kube, api, verifier, clock).roll_out("4", report)
     return report
 
 
@@ -223,7 +232,6 @@ def test_happy_path_patches_exact_image_and_version_waits_and_verifies(
     assert len(reads_after_patch) >= 4  # observe, update 1, update 2, done: it polled rather than trusting one read
     assert clock.sleeps and all(s == POLL_INTERVAL_S for s in clock.sleeps)
     assert [c[0] for c in api.calls].count("patch") == 1  # no undo
-    assert report.url == SERVICE_URL
     assert any("revision 5" in s and OLD_IMAGE in s for s in report.steps)
     assert time.monotonic() - started < 2
 
@@ -328,7 +336,7 @@ def test_model_uri_from_a_configmap_is_refused(settings: Settings, kube: Kuberne
 def test_failed_undo_says_so_and_how_to_recover(settings: Settings, kube: KubernetesSettings) -> None:
     api, clock = FakeApi(deadline=frozenset({NEW_IMAGE, OLD_IMAGE})), FakeClock()
     with pytest.raises(
-        DeploymentError, match=r"rollback to image .* also failed.*kubectl -n healthpredict rollout undo"
+        DeploymentError, match=r"rollback to image .* also failed.*kubectl -n healthpredict edit deployment"
     ):
         run_deploy(settings, kube, api, RecordingVerifier().bind(api), clock)
     assert len(api.patches) == 2
@@ -393,12 +401,51 @@ current-context: local
     settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path / "home")})
     kube = KubernetesSettings(service_url=SERVICE_URL)
     with pytest.raises(DeploymentError, match=rf"Kubernetes API at http://127\.0\.0\.1:{port} unreachable"):
-        deploy_kubernetes(
-            settings,
-            "4",
-            DeploymentReport(target="kubernetes", version="4"),
-            api=api,
-            image=NEW_IMAGE,
-            kube=kube,
-            verify=lambda url, version: None,
+        KubernetesTarget(settings, api, NEW_IMAGE, kube=kube, verify=lambda url, version: None).roll_out(
+            "4", DeploymentReport(target="kubernetes", version="4")
         )
+
+
+# ------------------------------------------------------------------ the last verified template, and undo after rollout
+
+MID_IMAGE = "healthpredict-service:5-fedcba987654"
+MID_URI = "models:/health-predict/5"
+
+
+def annotated(image: str, uri: str) -> dict[str, Any]:
+    obj = deployment()
+    obj["metadata"]["annotations"].update({VERIFIED_IMAGE_ANNOTATION: image, VERIFIED_MODEL_ANNOTATION: uri})
+    return obj
+
+
+def test_a_crash_between_patch_and_verify_is_never_restored_later(settings: Settings, kube: KubernetesSettings) -> None:
+    """A process died after patching v5 and before verifying it: the live template (v5) is unverified. The next
+    deployment fails verification and must return to the last verified template (v3), not to v5."""
+    obj = annotated(OLD_IMAGE, OLD_URI)
+    container = obj["spec"]["template"]["spec"]["containers"][0]
+    container["image"], container["env"][0]["value"] = MID_IMAGE, MID_URI
+    api, clock = FakeApi(obj), FakeClock()
+    verifier = RecordingVerifier(DeploymentError("smoke predictions differ")).bind(api)
+    report = DeploymentReport(target="kubernetes", version="4")
+
+    with pytest.raises(DeploymentError, match=rf"rolled back to image {OLD_IMAGE}"):
+        target_for(settings, kube, api, verifier, clock).roll_out("4", report)
+
+    assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI)
+    assert api.patches[-1] == template_patch("service", OLD_IMAGE, OLD_URI)
+    assert any("not the last verified one" in step for step in report.steps)
+
+
+def test_activate_records_the_verified_template_without_a_rollout(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(annotated(OLD_IMAGE, OLD_URI)), FakeClock()
+    target = target_for(settings, kube, api, RecordingVerifier().bind(api), clock)
+    report = DeploymentReport(target="kubernetes", version="4")
+    target.roll_out("4", report)
+    generation = api.obj["metadata"]["generation"]
+    target.activate("4", report)
+    annotations = api.obj["metadata"]["annotations"]
+    assert (annotations[VERIFIED_IMAGE_ANNOTATION], annotations[VERIFIED_MODEL_ANNOTATION]) == (NEW_IMAGE, NEW_URI)
+    assert api.obj["metadata"]["generation"] == generation  # metadata only: no new rollout
+    # a later roll-back (e.g. the alias could not move) returns to the template verified before this one
+    target.roll_back("3", report)
+    assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI)

@@ -1,4 +1,4 @@
-"""What every deployment target shares: the report, the failure path and the live verification."""
+"""What every deployment target shares: the error, the report and the live verification (a leaf module)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
 from healthpredict.features import model_inputs
-from healthpredict.registry import CHAMPION, LoadedModel, load_model, set_champion, tag_version, version_by_alias
+from healthpredict.registry import LoadedModel, load_model, version_uri
 from healthpredict.settings import Settings
 from healthpredict.split import SplitReader
 
@@ -25,15 +24,17 @@ SMOKE_TOLERANCE = 1e-6
 
 
 class DeploymentError(RuntimeError):
-    """A rollout or its verification failed; the previous deployment and ``champion`` were left in place."""
+    """A rollout, its verification or a later step failed; every step already taken was undone (or the message
+    says which undo failed and how to finish it by hand)."""
 
 
 @dataclass
 class DeploymentReport:
+    """The steps of one deployment, in order, as they happened (undo steps included)."""
+
     target: str
     version: str
     steps: list[str] = field(default_factory=list)
-    url: str | None = None
 
     def step(self, message: str) -> None:
         log.info("deploy %s v%s: %s", self.target, self.version, message)
@@ -87,47 +88,5 @@ def verify_service(base_url: str, expected_version: str, offline: LoadedModel, r
         raise DeploymentError(f"smoke predictions differ from the offline model: served {served}, offline {expected}")
 
 
-def deploy_version(settings: Settings, version: str) -> DeploymentReport:
-    """Deploy one registered version with the configured target; ``champion`` moves only on success.
-
-    On any failure the candidate is stopped, ``champion`` stays (or is put back) where it was, and the version
-    is tagged ``deployment=failed`` with the reason.
-    """
-    target = settings.deploy.target
-    from healthpredict.deploy.kubernetes import deploy_kubernetes
-    from healthpredict.deploy.local import deploy_local, switch_running_service
-
-    version = str(version)
-    report = DeploymentReport(target=target, version=version)
-    previous = version_by_alias(settings, CHAMPION)
-    try:
-        if target == "kubernetes":
-            deploy_kubernetes(settings, version, report)  # pods pinned to models:/<name>/<version>
-        else:
-            deploy_local(settings, version, report)
-        set_champion(settings, version)
-        report.step(f"alias `champion` moved to version {version}")
-        if target == "local":
-            try:
-                switch_running_service(settings, version, report)
-            except Exception:
-                restore_champion(settings, None if previous is None else str(previous.version))
-                report.step("switch failed: alias `champion` restored")
-                raise
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:500]
-        tag_version(settings, version, {"deployment": "failed", "deployment.reason": reason})
-        raise DeploymentError(f"deployment of version {version} failed, champion unchanged: {reason}") from exc
-    tag_version(settings, version, {"deployment": "succeeded", "deployment.target": target})
-    return report
-
-
-def restore_champion(settings: Settings, previous: str | None) -> None:
-    if previous is None:
-        MlflowClient().delete_registered_model_alias(settings.tracking.model_name, CHAMPION)
-    else:
-        set_champion(settings, previous)
-
-
 def load_offline(settings: Settings, version: str) -> LoadedModel:
-    return load_model(f"models:/{settings.tracking.model_name}/{version}")
+    return load_model(version_uri(settings, version))
