@@ -7,6 +7,7 @@ through its own pipeline.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import urllib.request
@@ -30,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from skops.io.exceptions import UntrustedTypesFoundException
 
+from healthpredict.data import sha256_file
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
 from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS, TARGET_COLUMN
 from healthpredict.settings import Settings
@@ -40,6 +42,8 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 SERIALIZATION_FORMAT = "skops"
+#: Version tag holding :func:`artifact_digest` of the model folder as registered; checked before every load.
+DIGEST_TAG = "model.sha256"
 
 #: The types outside scikit-learn's own that a logged pipeline may hold. Models are saved with skops, and
 #: loading refuses every other non-default type (this list comes from the code, never from the model's own
@@ -169,11 +173,25 @@ def save_pipeline(pipeline: Pipeline, path: Path, example: pd.DataFrame, metadat
     mlflow.sklearn.save_model(pipeline, str(path), **_model_arguments(example, metadata))
 
 
+#: Written into the model folder by MLflow when a version is registered (its name and version), not model content.
+REGISTRY_METADATA_FILE = "registered_model_meta"
+
+
+def artifact_digest(folder: Path) -> str:
+    """One sha256 over every file of a model folder (names and contents): any change to any file changes it."""
+    digest = hashlib.sha256()
+    files = (p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != REGISTRY_METADATA_FILE)
+    for path in sorted(files):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def register_challenger(settings: Settings, model_uri: str, tags: dict[str, str]) -> ModelVersion:
-    """Register a model that passed the floor and point ``challenger`` at it."""
+    """Register a model that passed the floor, with the digest of its artifact, and point ``challenger`` at it."""
     client = MlflowClient()
     name = settings.tracking.model_name
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    digest = artifact_digest(Path(mlflow.artifacts.download_artifacts(model_uri)))
+    version = mlflow.register_model(model_uri, name, tags={**tags, DIGEST_TAG: digest})
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
@@ -223,10 +241,15 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, version or None, None
 
 
-def _load_pipeline(uri: str, resolved: str) -> tuple[Pipeline, Model]:
-    """The pipeline and MLmodel of ``resolved``, deserialised only by skops with :data:`TRUSTED_MODEL_TYPES`."""
+def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tuple[Pipeline, Model]:
+    """The pipeline and MLmodel of ``resolved``: its files first checked against ``expected_digest`` (a registered
+    version's), then deserialised only by skops with :data:`TRUSTED_MODEL_TYPES`."""
     try:
         local = Path(resolved) if Path(resolved).is_dir() else Path(mlflow.artifacts.download_artifacts(resolved))
+        if expected_digest is not None and artifact_digest(local) != expected_digest:
+            raise RegistryError(
+                f"{uri}: the model's files differ from those registered ({DIGEST_TAG} mismatch); refusing to load"
+            )
         info = Model.load(str(local))
     except MlflowException as exc:
         raise RegistryError(f"{uri}: model cannot be loaded ({exc.message})") from exc
@@ -269,7 +292,15 @@ def load_model(uri: str) -> LoadedModel:
             raise RegistryError(f"{uri}: no such registered model version or alias ({exc.message})") from exc
         version, run_id = str(mv.version), mv.run_id
         resolved = f"models:/{name}/{version}"
-    pipeline, info = _load_pipeline(uri, resolved)
+        expected_digest = (mv.tags or {}).get(DIGEST_TAG)
+        if not expected_digest:
+            raise RegistryError(
+                f"{uri}: version {version} carries no {DIGEST_TAG} tag, so its files cannot be checked; register it "
+                "again with this version of healthpredict"
+            )
+    else:
+        expected_digest = None  # a model folder the operator points at: skops' type check still applies
+    pipeline, info = _load_pipeline(uri, resolved, expected_digest)
     metadata = info.metadata or {}
     if "threshold" not in metadata:
         raise RegistryError(f"{uri}: the model carries no decision threshold in its metadata")
