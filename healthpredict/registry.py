@@ -20,19 +20,20 @@ import numpy as np
 import pandas as pd
 import sklearn
 import skops
-import skops.io
 import xgboost
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types import ColSpec, Schema
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from skops.io.exceptions import UntrustedTypesFoundException
 
+from healthpredict import model_format
 from healthpredict.data import sha256_file
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
+from healthpredict.model_format import SERIALIZATION_FORMAT
 from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS, TARGET_COLUMN
 from healthpredict.settings import Settings
 
@@ -41,20 +42,8 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
-SERIALIZATION_FORMAT = "skops"
 #: Version tag holding :func:`artifact_digest` of the model folder as registered; checked before every load.
 DIGEST_TAG = "model.sha256"
-
-#: The types outside scikit-learn's own that a logged pipeline may hold. Models are saved with skops, and
-#: loading refuses every other non-default type (this list comes from the code, never from the model's own
-#: MLmodel file). Reviewed: each is rebuilt from plain state (arrays, numbers, XGBoost's model buffer);
-#: none runs code while loading.
-TRUSTED_MODEL_TYPES: tuple[str, ...] = (
-    "healthpredict.features.FeatureEngineer",
-    "sklearn.tree._tree.Tree",
-    "xgboost.core.Booster",
-    "xgboost.sklearn.XGBClassifier",
-)
 
 
 class RegistryError(RuntimeError):
@@ -62,14 +51,14 @@ class RegistryError(RuntimeError):
 
 
 def pip_requirements() -> list[str]:
-    """Pinned runtime requirements of a logged pipeline (skips MLflow's slow inference)."""
+    """Pinned runtime requirements of a logged pipeline (skips MLflow's slow inference). The project's own code
+    travels inside the model (``code/healthpredict``), so no unpublished package is required."""
     return [
         f"scikit-learn=={sklearn.__version__}",
         f"xgboost=={xgboost.__version__}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
         f"skops=={skops.__version__}",
-        "healthpredict",
     ]
 
 
@@ -144,15 +133,14 @@ def model_signature() -> ModelSignature:
             for column in MODEL_INPUT_COLUMNS
         ]
     )
-    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float64), (-1,))]))
+    outputs = Schema([ColSpec("double", "probability"), ColSpec("long", "label")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 def _model_arguments(example: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
     if "threshold" not in metadata:
         raise ValueError("a logged model needs its decision threshold in metadata['threshold']")
     return {
-        "serialization_format": SERIALIZATION_FORMAT,
-        "skops_trusted_types": list(TRUSTED_MODEL_TYPES),
         "signature": model_signature(),
         "input_example": model_inputs(example).head(3),
         "pip_requirements": pip_requirements(),
@@ -161,16 +149,19 @@ def _model_arguments(example: pd.DataFrame, metadata: dict[str, Any]) -> dict[st
 
 
 def log_pipeline(pipeline: Pipeline, example: pd.DataFrame, metadata: dict[str, Any]) -> mlflow.models.model.ModelInfo:
-    """Log one fitted pipeline (skops, see :data:`TRUSTED_MODEL_TYPES`) with signature and input example.
+    """Log one fitted pipeline (:mod:`healthpredict.model_format`) with signature and input example.
 
     ``metadata`` must hold the decision ``threshold``; it travels in the MLmodel file with the model.
     """
-    return mlflow.sklearn.log_model(pipeline, name=MODEL_ARTIFACT, **_model_arguments(example, metadata))
+    return Model.log(
+        artifact_path=None, name=MODEL_ARTIFACT, flavor=model_format, sk_model=pipeline,
+        **_model_arguments(example, metadata),
+    )  # fmt: skip
 
 
 def save_pipeline(pipeline: Pipeline, path: Path, example: pd.DataFrame, metadata: dict[str, Any]) -> None:
     """Save a fitted pipeline as a model folder, exactly as :func:`log_pipeline` logs it."""
-    mlflow.sklearn.save_model(pipeline, str(path), **_model_arguments(example, metadata))
+    model_format.save_model(pipeline, str(path), **_model_arguments(example, metadata))
 
 
 #: Written into the model folder by MLflow when a version is registered (its name and version), not model content.
@@ -243,7 +234,7 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tuple[Pipeline, Model]:
     """The pipeline and MLmodel of ``resolved``: its files first checked against ``expected_digest`` (a registered
-    version's), then deserialised only by skops with :data:`TRUSTED_MODEL_TYPES`."""
+    version's), then deserialised only by skops with the code's trusted types (:mod:`healthpredict.model_format`)."""
     try:
         local = Path(resolved) if Path(resolved).is_dir() else Path(mlflow.artifacts.download_artifacts(resolved))
         if expected_digest is not None and artifact_digest(local) != expected_digest:
@@ -265,7 +256,7 @@ def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tupl
             "models are loaded (train or log it again with this version of healthpredict)"
         )
     try:
-        pipeline = skops.io.load(local / flavor["pickled_model"], trusted=list(TRUSTED_MODEL_TYPES))
+        pipeline = model_format.load_skops(local / flavor["pickled_model"])
     except UntrustedTypesFoundException as exc:
         raise RegistryError(f"{uri}: the model holds types that are not trusted ({exc})") from exc
     except Exception as exc:  # a damaged artifact fails in many ways (zip, JSON, array parsing): name it

@@ -23,11 +23,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
 from healthpredict.features import MODEL_INPUT_COLUMNS
+from healthpredict.model_format import TRUSTED_MODEL_TYPES
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import (
     CHAMPION,
     DIGEST_TAG,
-    TRUSTED_MODEL_TYPES,
     RegistryError,
     artifact_digest,
     configure_tracking,
