@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from healthpredict.settings import (
     ALL_FAMILIES,
@@ -110,6 +111,14 @@ def cmd_improve(args: argparse.Namespace, settings: Settings) -> int:
     result = improve(_training_settings(args, settings), options)
     print(result.summary_markdown())
     return 0
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from service.batch_scoring import score_file
+
+    result = score_file(settings, args.input, args.output, args.model_uri)
+    print(result.summary())
+    return 3 if result.rejected else 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     promote.set_defaults(handler=cmd_promote)
 
+    predict = commands.add_parser(
+        "predict",
+        help="score a CSV or Parquet file of encounters through the service's validation; invalid rows go to a "
+        "rejects file (exit 3 when there are any)",
+    )
+    predict.add_argument("--input", type=Path, required=True, help="encounters, dataset column names (.csv/.parquet)")
+    predict.add_argument(
+        "--output", type=Path, required=True, help="predictions (.parquet); rejects go to <output>.rejects.parquet"
+    )
+    predict.add_argument("--model-uri", help="model to score with (default: HEALTHPREDICT_MODEL_URI, the champion)")
+    predict.set_defaults(handler=cmd_predict)
+
     serve = commands.add_parser("serve", help="serve predictions from HEALTHPREDICT_MODEL_URI (uvicorn, Litestar)")
     serve.add_argument("--host", help="bind address (default HEALTHPREDICT_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default HEALTHPREDICT_PORT or 8000)")
@@ -315,6 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
