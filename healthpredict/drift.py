@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import brier_score_loss
 
+from healthpredict.evaluate import auc_if_defined
 from healthpredict.features import CATEGORICAL_FEATURES, MODEL_INPUT_COLUMNS, NUMERIC_FEATURES, engineer_features
 from healthpredict.registry import LoadedModel, RegistryError, configure_tracking, ensure_experiment, load_champion
 from healthpredict.reporting import markdown_table
@@ -237,12 +238,11 @@ def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int
 def performance_on(labels: np.ndarray, scores: np.ndarray, bins: int) -> Performance:
     labels = np.asarray(labels, dtype=float)
     scores = np.asarray(scores, dtype=float)
-    both_classes = 0 < labels.sum() < len(labels)
     return Performance(
         rows=len(labels),
         prevalence=float(labels.mean()),
         mean_score=float(scores.mean()),
-        roc_auc=float(roc_auc_score(labels, scores)) if both_classes else None,
+        roc_auc=auc_if_defined(labels, scores),
         brier=float(brier_score_loss(labels, scores)),
         ece=expected_calibration_error(labels, scores, bins),
         calibration_in_the_large=float(scores.mean() - labels.mean()),

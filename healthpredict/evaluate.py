@@ -7,14 +7,9 @@ confidence interval bootstraps **patients**, not rows, because one patient's enc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless rendering: plots are written as artifacts, never shown
-
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
@@ -29,6 +24,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 from sklearn.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,12 @@ class Evaluation:
 
     def as_metrics(self, prefix: str = "test_") -> dict[str, float]:
         return {f"{prefix}{key}": float(value) for key, value in asdict(self).items()}
+
+
+def auc_if_defined(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC-AUC, or ``None`` when the labels hold one class only (then it is undefined)."""
+    labels = np.asarray(labels)
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
 def choose_threshold(y_true: np.ndarray, scores: np.ndarray, metric: str = "f1") -> float:
@@ -131,10 +135,16 @@ def feature_importance(pipeline: Pipeline, top: int = 25) -> list[tuple[str, flo
 def evaluation_figures(
     y_true: np.ndarray, scores: np.ndarray, threshold: float, pipeline: Pipeline, title: str
 ) -> dict[str, Figure]:
-    """ROC, PR, calibration, confusion matrix and feature-importance plots for the MLflow run."""
+    """ROC, PR, calibration, confusion matrix and feature-importance plots for the MLflow run.
+
+    Figures are made directly (no pyplot), so no global backend or figure registry is touched.
+    """
+    from matplotlib.figure import Figure
+
     figures: dict[str, Figure] = {}
     fpr, tpr, _ = roc_curve(y_true, scores)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y_true, scores):.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC — {title}")
@@ -142,7 +152,8 @@ def evaluation_figures(
     figures["roc.png"] = fig
 
     precision, recall, _ = precision_recall_curve(y_true, scores)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot(recall, precision, label=f"AP {average_precision_score(y_true, scores):.3f}")
     ax.axhline(float(np.mean(y_true)), linestyle="--", color="grey", label="prevalence")
     ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall — {title}")
@@ -150,14 +161,16 @@ def evaluation_figures(
     figures["pr.png"] = fig
 
     observed, predicted = calibration_curve(y_true, scores, n_bins=10, strategy="quantile")
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot(predicted, observed, marker="o")
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set(xlabel="mean predicted probability", ylabel="observed frequency", title=f"Calibration — {title}")
     figures["calibration.png"] = fig
 
     matrix = confusion_matrix(y_true, (scores >= threshold).astype(int), labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center")
@@ -168,7 +181,8 @@ def evaluation_figures(
     figures["confusion_matrix.png"] = fig
 
     importance = feature_importance(pipeline)
-    fig, ax = plt.subplots(figsize=(7, 7))
+    fig = Figure(figsize=(7, 7))
+    ax = fig.subplots()
     ax.barh([name for name, _ in importance][::-1], [value for _, value in importance][::-1])
     ax.set(title=f"Feature importance — {title}")
     fig.tight_layout()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import create_bucket, make_settings, training_env
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.split import fetch_raw, split, split_data
@@ -109,8 +110,8 @@ def test_s3_artifact_store_without_blocks_says_how_to_create_them(
         async with get_client() as client:
             try:
                 block = await client.read_block_document_by_name("healthpredict-artifacts", "s3-bucket")
-            except Exception:
-                return
+            except ObjectNotFound:
+                return  # not saved in this server: nothing to delete
             await client.delete_block_document(block.id)
 
     import asyncio

@@ -44,7 +44,9 @@ def test_auc_drop_triggers_only_beyond_the_allowed_drop() -> None:
 
 
 def test_forced_retrains_whatever_the_numbers_and_reasons_accumulate() -> None:
-    assert decide_retraining(0.0, 0.9, 0.6, POLICY, forced=True) == decide_retraining(0.0, 0.9, 0.6, POLICY, True)
+    calm = decide_retraining(0.0, auc_before=0.9, baseline_auc=0.6, policy=POLICY)  # nothing would trigger
+    forced = decide_retraining(0.0, auc_before=0.9, baseline_auc=0.6, policy=POLICY, forced=True)
+    assert not calm.retrain and forced.retrain and forced.reason == "forced"
     trigger = decide_retraining(0.5, auc_before=0.5, baseline_auc=0.7, policy=POLICY, forced=True)
     assert trigger.retrain
     assert trigger.reason.split("; ")[0] == "forced" and len(trigger.reason.split("; ")) == 3
