@@ -13,9 +13,13 @@ from healthpredict.fast_inference import (
     CompileError,
     compile_pipeline,
     compile_verified,
+    encoder,
     max_difference,
+    runtimes,
     runtimes_for,
+    trees,
 )
+from healthpredict.fast_inference import compile as compiler
 from healthpredict.features import MODEL_INPUT_COLUMNS
 from healthpredict.modeling import build_pipeline
 from healthpredict.schema import AGE_BANDS
@@ -107,7 +111,7 @@ def test_empty_input_gives_empty_output(pipelines: dict[str, Any]) -> None:
 
 
 def test_icd9_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fast_inference, "CACHE_LIMIT", 5)
+    monkeypatch.setattr(encoder, "CACHE_LIMIT", 5)
     predictor = compile_pipeline(pipelines["xgboost"])
     records = [full_record(diag_1=f"{400 + i}.{i}") for i in range(20)]
     frame = pd.DataFrame(records, columns=list(MODEL_INPUT_COLUMNS))
@@ -118,7 +122,7 @@ def test_icd9_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.Mo
 
 def test_dose_combinations_cache_is_bounded(pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """One-record answers stay right once the combination cache is full; the cache stops growing."""
-    monkeypatch.setattr(fast_inference, "CACHE_LIMIT", 3)
+    monkeypatch.setattr(encoder, "CACHE_LIMIT", 3)
     pipeline = pipelines["random_forest"]
     predictor = compile_pipeline(pipeline)
     doses = ("No", "Steady", "Up", "Down")
@@ -135,7 +139,7 @@ def test_chunked_batches_answer_like_the_pipeline(
 ) -> None:
     """XGBoost batches over the chunk size are encoded and evaluated chunk by chunk, in order; the forest's
     (whose trees already use every core) in one piece."""
-    monkeypatch.setattr(fast_inference, "BATCH_CHUNK_ROWS", 40)
+    monkeypatch.setattr(compiler, "BATCH_CHUNK_ROWS", 40)
     predictor = compile_pipeline(pipelines[family], batch_threads=2)
     assert predictor.batch_runtime is not None
     assert predictor.overlap_chunks is (family == "xgboost")
@@ -167,7 +171,7 @@ def test_tree_runtime_sends_missing_values_where_the_model_does(
     frame, target = aged_frame(400, seed=3)
     pipeline = build_pipeline(family, SMALL_PARAMS[family], seed=0).fit(frame, target)
     if layout == "table":
-        monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 0)
+        monkeypatch.setattr(trees, "COMPLETE_TREE_MAX_DEPTH", 0)
     predictor = compile_pipeline(pipeline, runtime="trees")
     assert predictor.runtime.__self__.complete is (layout == "complete")  # type: ignore[attr-defined]
     check, _ = aged_frame(150, seed=4)
@@ -183,7 +187,7 @@ def test_tree_layouts_walk_a_known_tree(layout: str, monkeypatch: pytest.MonkeyP
 
     The padding under the 1.0 leaf tests feature 0 against +inf, so ``x0 = inf`` must still find 1.0 there."""
     if layout == "table":
-        monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 0)
+        monkeypatch.setattr(trees, "COMPLETE_TREE_MAX_DEPTH", 0)
     tree = ([1, -1, 3, -1, -1], [2, -1, 4, -1, -1], [1, 0, 0, 0, 0], [0.5, 0, 0.5, 0, 0],
             [True, False, False, False, False], [0, 1.0, 0, 2.0, 3.0])  # fmt: skip
     ensemble = fast_inference.TreeEnsemble([tree, tree], "mean", scale=0.5)
@@ -199,7 +203,7 @@ def test_strict_thresholds_turn_less_equal_into_less_than() -> None:
     rng = np.random.default_rng(0)
     thresholds = [*rng.normal(0, 3, 200), *rng.normal(0, 3, 50).astype(np.float32).astype(float), 0.5, -0.0, 1e-40]
     for threshold in thresholds:
-        cut = np.float32(fast_inference._strict_threshold(threshold))
+        cut = np.float32(trees._strict_threshold(threshold))
         centre = np.float32(threshold)
         around = [centre]
         for _ in range(3):
@@ -222,7 +226,7 @@ def test_tree_runtime_refuses_what_it_cannot_reproduce(pipelines: dict[str, Any]
     with pytest.raises(CompileError, match="gbtree"):
         fast_inference.TreeEnsemble.from_xgboost(type(xgb)(n_estimators=3, booster="dart").fit(matrix, target))
     with pytest.raises(CompileError, match="split on feature 5"):  # a model wider than what the encoder writes
-        fast_inference._tree_runtime(type(xgb)(n_estimators=3).fit(matrix, target), n_features=2)
+        runtimes.tree_runtime(type(xgb)(n_estimators=3).fit(matrix, target), n_features=2)
 
 
 def xgboost_data() -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +253,7 @@ def test_tree_runtime_follows_the_booster(params: dict[str, Any], monkeypatch: p
 
     lossguide = params.get("grow_policy") == "lossguide"
     if lossguide:
-        monkeypatch.setattr(fast_inference, "COMPLETE_TREE_MAX_DEPTH", 4)
+        monkeypatch.setattr(trees, "COMPLETE_TREE_MAX_DEPTH", 4)
 
     matrix, target = xgboost_data()
     model = XGBClassifier(random_state=0, **params)
@@ -282,13 +286,13 @@ def test_verified_compile_falls_back_to_an_exact_runtime(
     pipelines: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fast runtime that drifts from the pipeline is rejected; the exact sklearn runtime is used instead."""
-    real = fast_inference._logreg_runtime
+    real = runtimes.logreg_runtime
 
     def drifting(model: Any) -> Any:
         predict = real(model)
         return lambda matrix: predict(matrix) + 1e-3
 
-    monkeypatch.setattr(fast_inference, "_logreg_runtime", drifting)
+    monkeypatch.setattr(runtimes, "logreg_runtime", drifting)
     frame = synthetic_frame(40, seed=4)[0]
     predictor = compile_verified(pipelines["logreg"], frame)
     assert predictor.runtime_name == "sklearn"
