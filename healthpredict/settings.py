@@ -320,6 +320,10 @@ class GateSettings:
     )
 
 
+#: Bytes a batch request may spend per record before it counts as too large (a full record is about 1 KiB).
+BODY_BYTES_PER_RECORD = 2048
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServiceSettings:
     """The prediction service."""
@@ -338,8 +342,24 @@ class ServiceSettings:
     reload_token: str | None = var("HEALTHPREDICT_RELOAD_TOKEN", None, "bearer token of POST /admin/reload")
     max_batch_records: int = var("HEALTHPREDICT_MAX_BATCH_RECORDS", 10_000, "records per batch request", low=1)
     max_body_bytes: int = var(
-        "HEALTHPREDICT_MAX_BODY_BYTES", 16 * 1024 * 1024, "largest accepted request body", low=1024
+        "HEALTHPREDICT_MAX_BODY_BYTES", 0, "largest accepted request body; larger ones get 413", low=1024,
+        shown="max batch records × 2 KiB + 64 KiB",
+    )  # fmt: skip
+    max_inflight_body_bytes: int = var(
+        "HEALTHPREDICT_MAX_INFLIGHT_BODY_BYTES", 128 * 1024 * 1024,
+        "request bodies held at once; a request beyond it gets 503 with Retry-After", low=1024,
+    )  # fmt: skip
+    max_concurrent_requests: int = var(
+        "HEALTHPREDICT_MAX_CONCURRENT_REQUESTS", 64, "prediction requests in progress at once; beyond: 503", low=1
     )
+    mlflow_timeout_s: float = var(
+        "HEALTHPREDICT_MLFLOW_TIMEOUT_S", 10.0, "timeout of each registry call the service makes", low=0.1, high=600
+    )
+
+    def __post_init__(self) -> None:
+        if not self.max_body_bytes:  # follows from the batch limit unless set
+            body = self.max_batch_records * BODY_BYTES_PER_RECORD + 64 * 1024
+            object.__setattr__(self, "max_body_bytes", body)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -602,6 +622,16 @@ def apply_tool_environment(settings: Settings, verbose: bool = False) -> None:
     if "PREFECT_HOME" in defaults:
         Path(defaults["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.update(defaults)
+
+
+def mlflow_client_environment(settings: Settings) -> dict[str, str]:
+    """MLflow's HTTP client settings for a process that only reads the registry (the service): each call times
+    out after ``HEALTHPREDICT_MLFLOW_TIMEOUT_S`` and is retried once, instead of MLflow's minutes of retries."""
+    return {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(settings.service.mlflow_timeout_s))),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
 
 
 def process_environment(**overrides: str) -> dict[str, str]:

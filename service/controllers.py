@@ -8,7 +8,8 @@ from the same Structs. Patient data never reaches a log line: errors name fields
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from itertools import compress
 from operator import attrgetter
 from typing import Any
@@ -26,6 +27,7 @@ from litestar.status_codes import (
     HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -33,8 +35,8 @@ from litestar.status_codes import (
 
 from healthpredict.features import EXCLUDED_DISCHARGE_IDS, is_out_of_scope
 from healthpredict.settings import Settings
-from service.metrics import ServiceMetrics
-from service.model_manager import ModelManager, ServedModel, describe
+from service.metrics import WARMUP_SCOPE_KEY, ServiceMetrics
+from service.model_manager import ModelManager, ReloadInProgress, ServedModel, describe
 from service.schemas import (
     BATCH_DECODER,
     RECORD_DECODER,
@@ -54,8 +56,11 @@ from service.schemas import (
 _DISCHARGE = attrgetter("discharge_disposition_id")
 # Batches larger than this are predicted in a worker thread so the event loop keeps answering health checks.
 THREAD_OFFLOAD_ROWS = 512
+# Request bodies larger than this are decoded in a worker thread for the same reason.
+THREAD_DECODE_BYTES = 256 * 1024
 _AT_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 _FIELD_NAME = re.compile(r"field `(?P<field>[^`]+)`")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>.*)`$", re.DOTALL)
 
 
 class RequestRejected(HTTPException):
@@ -66,18 +71,39 @@ class RequestRejected(HTTPException):
         self.errors = errors or []
 
 
+#: The longest piece of a submitted name an error repeats (an unknown field's name can be any length).
+SHOWN_NAME_CHARS = 32
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "…"
+
+
 def field_error(exc: msgspec.ValidationError) -> FieldError:
-    """``Expected `int` >= 1 - at `$.time_in_hospital``` → field ``time_in_hospital`` and its rule."""
+    """``Expected `int` >= 1 - at `$.time_in_hospital``` → field ``time_in_hospital`` and its rule.
+
+    The rule never repeats the submitted value: a value outside a vocabulary is reported as such (the
+    vocabulary is in the schema), and an unknown field's name is cut to :data:`SHOWN_NAME_CHARS` characters.
+    """
     match = _AT_PATH.match(str(exc))
     message = str(exc) if match is None else match.group("message")
     path = None if match is None else match.group("path")
-    named = _FIELD_NAME.search(message)
-    if named is not None:  # unknown or missing field: the name is in the message, the path is its parent
-        path = f"{path}.{named.group('field')}" if path else named.group("field")
-    return FieldError(field=path or None, message=message)
+    if message.startswith("Invalid enum value"):
+        message = "not one of the allowed values (the request schema lists them)"
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown is not None:
+        name = _shown(unknown.group("field"))
+        path = f"{path}.{name}" if path else name
+        message = "unknown field: not part of the request schema"
+    else:
+        named = _FIELD_NAME.search(message)
+        if named is not None:  # a missing field: the name comes from the schema, the path is its parent
+            path = f"{path}.{named.group('field')}" if path else named.group("field")
+    return FieldError(field=_shown(path) if path else None, message=message[:200])
 
 
 def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """Strict decoding; every failure, for any bytes, is a 400 or 422 that names the field and the rule."""
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -87,7 +113,11 @@ def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
             HTTP_422_UNPROCESSABLE_ENTITY, f"invalid request{where}: {error.message}", [error]
         ) from None
     except msgspec.DecodeError as exc:
-        raise RequestRejected(HTTP_400_BAD_REQUEST, f"request body is not valid JSON: {exc}") from None
+        raise RequestRejected(HTTP_400_BAD_REQUEST, f"request body is not valid JSON: {str(exc)[:200]}") from None
+    except UnicodeDecodeError as exc:  # invalid or overlong UTF-8 inside a string
+        raise RequestRejected(
+            HTTP_400_BAD_REQUEST, f"request body is not valid UTF-8 JSON: {exc.reason} at byte {exc.start}"
+        ) from None
 
 
 def out_of_scope_error(prefix: str) -> FieldError:
@@ -104,6 +134,7 @@ class ServiceState:
     settings: Settings
     manager: ModelManager
     metrics: ServiceMetrics
+    warm: threading.Event = field(default_factory=threading.Event)  # the request path has run: ready may say yes
 
 
 def service_state(request: Request[Any, Any, Any]) -> ServiceState:
@@ -139,7 +170,9 @@ _ERRORS = {
         ErrorResponse, description="A field breaks its rule, or the encounter is out of scope", generate_examples=False
     ),
     HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(
-        ErrorResponse, description="No model loaded yet", generate_examples=False
+        ErrorResponse,
+        description="No model loaded yet, or the service is at its limit of requests in progress (see Retry-After)",
+        generate_examples=False,
     ),
 }
 
@@ -164,7 +197,8 @@ class PredictionController(Controller):
         served = serving(state)
         probability = float(served.predict_rows([msgspec.structs.astuple(record)])[0])
         label = int(probability >= served.threshold)
-        state.metrics.count_labels(label, 1)
+        if WARMUP_SCOPE_KEY not in request.scope:
+            state.metrics.count_labels(label, 1)
         return PredictResponse(
             probability=probability, label=label, threshold=served.threshold, model_version=served.version
         )
@@ -178,7 +212,11 @@ class PredictionController(Controller):
     )
     async def predict_batch(self, request: Request[Any, Any, Any]) -> BatchResponse:
         state = service_state(request)
-        batch = decode(BATCH_DECODER, await request.body())
+        body = await request.body()
+        if len(body) > THREAD_DECODE_BYTES:  # a large body is decoded off the event loop
+            batch = await anyio.to_thread.run_sync(decode, BATCH_DECODER, body)
+        else:
+            batch = decode(BATCH_DECODER, body)
         records = batch.records
         limit = state.settings.service.max_batch_records
         if len(records) > limit:
@@ -203,7 +241,8 @@ class PredictionController(Controller):
         else:
             probabilities = served.predict_rows(records, msgspec.structs.astuple)
         labels = (probabilities >= served.threshold).astype(np.int64).tolist()
-        state.metrics.count_labels(sum(labels), len(labels))
+        if WARMUP_SCOPE_KEY not in request.scope:
+            state.metrics.count_labels(sum(labels), len(labels))
         predictions = list(map(Prediction, probabilities.tolist(), labels))
         return BatchResponse(predictions=predictions, model_version=served.version)
 
@@ -226,8 +265,9 @@ class HealthController(Controller):
         responses={HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(HealthStatus, description="Not ready")},
     )
     async def ready(self, request: Request[Any, Any, Any]) -> Response[HealthStatus]:
-        served = service_state(request).manager.current
-        if served is None:
+        state = service_state(request)
+        served = state.manager.current
+        if served is None or not state.warm.is_set():
             return Response(HealthStatus(status="not ready"), status_code=HTTP_503_SERVICE_UNAVAILABLE)
         return Response(HealthStatus(status="ready", model_version=served.version))
 
@@ -250,6 +290,9 @@ class AdminController(Controller):
             HTTP_401_UNAUTHORIZED: ResponseSpec(ErrorResponse, description="No bearer token", generate_examples=False),
             HTTP_403_FORBIDDEN: ResponseSpec(ErrorResponse, description="Wrong token", generate_examples=False),
             HTTP_404_NOT_FOUND: ResponseSpec(ErrorResponse, description="Reload disabled", generate_examples=False),
+            HTTP_409_CONFLICT: ResponseSpec(
+                ErrorResponse, description="Another reload is in progress", generate_examples=False
+            ),
         },
     )
     def reload(self, request: Request[Any, Any, Any]) -> Response[ReloadResult]:
@@ -267,6 +310,8 @@ class AdminController(Controller):
         before = state.manager.current
         try:
             served = state.manager.reload()
+        except ReloadInProgress as exc:
+            raise RequestRejected(HTTP_409_CONFLICT, str(exc)) from None
         except Exception as exc:
             version = None if before is None else before.version
             detail = f"reload failed, still serving {version or 'nothing'}: {type(exc).__name__}: {exc}"

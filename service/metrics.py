@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+#: Present in the ASGI scope of the requests the service sends itself to warm up before it reports ready.
+WARMUP_SCOPE_KEY = "healthpredict.warmup"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LABELS = ["route", "method", "status"]
 _BUCKET_LABELS = (*map(repr, LATENCY_BUCKETS), "+Inf")
@@ -79,6 +81,11 @@ class ServiceMetrics:
         self.model_loaded = Gauge(
             "healthpredict_model_loaded", "1 once a model is loaded and warmed up", registry=self.registry
         )
+        self.alias_mismatch = Gauge(
+            "healthpredict_model_alias_mismatch",
+            "1 while the served version differs from the version the model alias points to",
+            registry=self.registry,
+        )
         self.reload_failures = Counter(
             "healthpredict_model_reload_failures", "Model loads that failed (the old model kept serving)",
             registry=self.registry,
@@ -108,16 +115,22 @@ class ServiceMetrics:
     def reload_failed(self, message: str) -> None:
         self.reload_failures.inc()
 
+    def set_alias_mismatch(self, mismatch: bool) -> None:
+        self.alias_mismatch.set(1 if mismatch else 0)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
-        """ASGI middleware timing each routed request; labels use the route template, never the raw path."""
+        """ASGI middleware timing each routed request; labels use the route template, never the raw path.
+
+        The service's own warm-up requests (scope key :data:`WARMUP_SCOPE_KEY`) are not counted.
+        """
 
         observe = self.http.observe
 
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            if scope["type"] != "http" or WARMUP_SCOPE_KEY in scope:
                 await app(scope, receive, send)
                 return
             start = time.perf_counter()

@@ -7,7 +7,9 @@ the reference once, so it sees the old model or the new one, never a mix. A fail
 serving and is kept in :attr:`ModelManager.last_error` (shown by ``GET /v1/model``) and logged.
 
 The first load runs in a background thread: the service is live at once and ready when the model is; while
-the registry is unreachable it retries with exponential backoff (capped).
+the registry is unreachable it retries with exponential backoff (capped). The alias poller retries a version
+that failed to load, with its own backoff, and reports whether the served version is the alias's. One reload
+runs at a time; a second one asked for meanwhile is refused at once (:class:`ReloadInProgress`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,13 @@ log = logging.getLogger(__name__)
 
 INITIAL_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
+#: A version that failed to load is tried again after this, doubling per failure up to the maximum.
+FAILED_VERSION_RETRY_S = 30.0
+FAILED_VERSION_MAX_RETRY_S = 600.0
+
+
+class ReloadInProgress(RuntimeError):
+    """Another reload is building a model right now."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class ModelManager:
         on_swap: Callable[[ServedModel], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
         loader: Callable[[str], LoadedModel] = load_model,
+        on_alias: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.uri = settings.service.model_uri
@@ -89,7 +101,12 @@ class ModelManager:
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_alias = on_alias
+        self._clock = clock
+        self.alias_version: str | None = None  # what the alias pointed to at the last poll
         self._failed_version: str | None = None
+        self._failures = 0  # consecutive failed loads of _failed_version
+        self._retry_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,28 +158,56 @@ class ModelManager:
         return str(MlflowClient().get_model_version_by_alias(*target).version)
 
     def poll_once(self) -> bool:
-        """Reload when the alias moved; returns whether a new model is now served."""
+        """Reload when the alias moved (or a failed version's retry is due); returns whether a new model is served."""
         try:
             version = self.resolve_version()
         except Exception as exc:
             log.warning("cannot resolve %s: %s", self.uri, exc)
             return False
-        current = self.current
-        if version is None or (current is not None and current.info.version == version):
+        if version is None:
             return False
-        if version == self._failed_version:
-            return False  # already reported; the admin endpoint can retry it explicitly
+        self.alias_version = version
+        current = self.current
+        self._report_alias()
+        if current is not None and current.info.version == version:
+            return False
+        if version == self._failed_version and self._clock() < self._retry_at:
+            return False  # failed before; tried again once its backoff has passed
         try:
             self.reload()
-        except Exception:
-            self._failed_version = version
+        except ReloadInProgress:
             return False
+        except Exception:
+            failures = self._failures + 1 if version == self._failed_version else 1
+            self._failed_version, self._failures = version, failures
+            delay = min(FAILED_VERSION_RETRY_S * 2 ** (failures - 1), FAILED_VERSION_MAX_RETRY_S)
+            self._retry_at = self._clock() + delay
+            log.warning("version %s failed to load %d time(s); next try in %.0f s", version, failures, delay)
+            return False
+        finally:
+            self._report_alias()
         return True
+
+    @property
+    def alias_mismatch(self) -> bool:
+        """Whether the alias points to a version other than the one served (known after a poll)."""
+        current = self.current
+        served = None if current is None else current.info.version
+        return self.alias_version is not None and served != self.alias_version
+
+    def _report_alias(self) -> None:
+        if self._on_alias is not None:
+            self._on_alias(self.alias_mismatch)
 
     # -- reload ----------------------------------------------------------------------------------------------
     def reload(self) -> ServedModel:
-        """Build the model the URI names now and swap it in; on failure keep the old one and re-raise."""
-        with self._reload_lock:
+        """Build the model the URI names now and swap it in; on failure keep the old one and re-raise.
+
+        Raises :class:`ReloadInProgress` at once when another reload is running.
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ReloadInProgress(f"a reload of {self.uri} is already in progress")
+        try:
             try:
                 configure_model_source(self.settings, self.uri)
                 served = build_served_model(self._loader(self.uri))
@@ -170,9 +215,11 @@ class ModelManager:
                 self._record_failure(exc)
                 raise
             self.current = served  # the one atomic swap
+            if self._alias() is not None:
+                self.alias_version = served.info.version  # what the alias named when it was resolved
             self.last_error = None
             self.last_error_at = None
-            self._failed_version = None
+            self._failed_version, self._failures = None, 0
             log.info(
                 "serving %s version %s (%s runtime)", served.info.name or self.uri, served.version,
                 served.predictor.description,
@@ -180,6 +227,8 @@ class ModelManager:
             if self._on_swap is not None:
                 self._on_swap(served)
             return served
+        finally:
+            self._reload_lock.release()
 
     def _record_failure(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
