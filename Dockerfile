@@ -38,7 +38,7 @@ COPY service ./service
 COPY cli ./cli
 # The service's import graph must be complete without the training stack: fail the build, not the pod.
 RUN uv pip install --python /opt/venv/bin/python --no-deps . \
-    && python -c "import service.app, cli.main, healthpredict.fast_inference, onnxmltools, skl2onnx"
+    && python -c "import service.app, cli.main, healthpredict.fast_inference, numba, skops"
 
 # ---------------------------------------------------------------------------------------------
 # service (final, default target): runtime only. No compiler, no sources, non-root.

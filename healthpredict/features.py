@@ -22,6 +22,7 @@ the dataset's own fields.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,28 +106,43 @@ def clean_encounters(raw: pd.DataFrame, target: str = "any") -> tuple[pd.DataFra
     return kept.reset_index(drop=True), report
 
 
+#: ICD-9 chapters of rule 5, in order: the first range holding the code's number names its group.
+_ICD9_CHAPTERS: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
+    ("diabetes", ((250, 251),)),
+    ("circulatory", ((390, 460), (785, 786))),
+    ("respiratory", ((460, 520), (786, 787))),
+    ("digestive", ((520, 580), (787, 788))),
+    ("injury", ((800, 1000),)),
+    ("musculoskeletal", ((710, 740),)),
+    ("genitourinary", ((580, 630), (788, 789))),
+    ("neoplasms", ((140, 240),)),
+)
+
+
+def icd9_chapter(code: Any) -> str:
+    """One ICD-9 code's chapter group (rule 5): missing or blank → missing; ``V``/``E`` codes → external;
+    a number in a chapter's ranges → that chapter; anything else, unparseable included → ``other``."""
+    if code is None or (isinstance(code, float) and math.isnan(code)) or code is pd.NA:
+        return MISSING_CATEGORY
+    text = str(code).strip()
+    if not text:
+        return MISSING_CATEGORY
+    if text[0] in "VvEe":
+        return "external_v_e"
+    try:
+        number = float(text)
+    except ValueError:
+        return "other"
+    for group, ranges in _ICD9_CHAPTERS:
+        if any(low <= number < high for low, high in ranges):
+            return group
+    return "other"
+
+
 def icd9_group(codes: pd.Series) -> pd.Series:
-    """Map ICD-9 codes to chapter groups (rule 5); unparseable codes fall into ``other``."""
-    text = codes.astype("string").str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    conditions = [
-        text.isna() | (text == ""),
-        text.str.upper().str.startswith(("V", "E"), na=False),
-        numeric.between(250, 251, inclusive="left"),
-        numeric.between(390, 460, inclusive="left") | numeric.between(785, 786, inclusive="left"),
-        numeric.between(460, 520, inclusive="left") | numeric.between(786, 787, inclusive="left"),
-        numeric.between(520, 580, inclusive="left") | numeric.between(787, 788, inclusive="left"),
-        numeric.between(800, 1000, inclusive="left"),
-        numeric.between(710, 740, inclusive="left"),
-        numeric.between(580, 630, inclusive="left") | numeric.between(788, 789, inclusive="left"),
-        numeric.between(140, 240, inclusive="left"),
-    ]
-    choices = [
-        MISSING_CATEGORY, "external_v_e", "diabetes", "circulatory", "respiratory", "digestive", "injury",
-        "musculoskeletal", "genitourinary", "neoplasms",
-    ]  # fmt: skip
-    grouped = np.select([c.fillna(False).to_numpy(bool) for c in conditions], choices, default="other")
-    return pd.Series(grouped, index=codes.index, dtype=object)
+    """Map ICD-9 codes to chapter groups (rule 5, :func:`icd9_chapter`), each distinct code worked out once."""
+    groups = {code: icd9_chapter(code) for code in pd.unique(codes.to_numpy(dtype=object))}
+    return pd.Series([groups[code] for code in codes.to_numpy(dtype=object)], index=codes.index, dtype=object)
 
 
 def age_ordinal(age: pd.Series) -> pd.Series:

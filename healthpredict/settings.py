@@ -352,6 +352,10 @@ class ServiceSettings:
     max_concurrent_requests: int = var(
         "HEALTHPREDICT_MAX_CONCURRENT_REQUESTS", 64, "prediction requests in progress at once; beyond: 503", low=1
     )
+    runtime: str = var(
+        "HEALTHPREDICT_RUNTIME", "auto",
+        "fast-path runtime: `auto` (the fastest that reproduces the pipeline) or one by name (e.g. `sklearn`)",
+    )  # fmt: skip
     mlflow_timeout_s: float = var(
         "HEALTHPREDICT_MLFLOW_TIMEOUT_S", 10.0, "timeout of each registry call the service makes", low=0.1, high=600
     )

@@ -58,11 +58,14 @@ class ServedModel:
         return self.predictor.predict_rows(rows, to_row)
 
 
-def build_served_model(info: LoadedModel) -> ServedModel:
-    """Compile, verify and warm up a loaded pipeline; raises if the fast path cannot reproduce it."""
+def build_served_model(info: LoadedModel, runtime: str = "auto") -> ServedModel:
+    """Compile, verify and warm up a loaded pipeline; raises if the fast path cannot reproduce it.
+
+    ``runtime`` is ``auto`` (the fastest runtime that reproduces the pipeline) or one runtime by name.
+    """
     records = verification_records()
     frame = pd.DataFrame([{c: r.get(c) for c in MODEL_INPUT_COLUMNS} for r in records])
-    predictor = compile_verified(info.pipeline, frame)
+    predictor = compile_verified(info.pipeline, frame, runtime=None if runtime == "auto" else runtime)
     rows = [tuple(r.get(c) for c in MODEL_INPUT_COLUMNS) for r in records]
     batch = predictor.predict_rows(rows)
     single = [float(predictor.predict_rows([row])[0]) for row in rows]  # warm-up of the one-record path
@@ -210,7 +213,7 @@ class ModelManager:
         try:
             try:
                 configure_model_source(self.settings, self.uri)
-                served = build_served_model(self._loader(self.uri))
+                served = build_served_model(self._loader(self.uri), self.settings.service.runtime)
             except Exception as exc:
                 self._record_failure(exc)
                 raise

@@ -12,7 +12,7 @@ estimator parameters) and builds:
 * an estimator runtime — logistic regression: one dot product and a sigmoid; XGBoost and random forest:
   :class:`TreeEnsemble`, the fitted trees flattened into one compact node table walked by a small
   numba-compiled loop (a few µs per row, and it stays fast when the rest of a request has pushed the model
-  out of the CPU caches); then ONNX Runtime, XGBoost's ``Booster.inplace_predict``, and finally sklearn's own
+  out of the CPU caches); then XGBoost's ``Booster.inplace_predict``, and finally sklearn's own
   ``predict_proba`` on the encoded float32 matrix (exact).
 
 :func:`verify_predictor` compares the compiled predictor with ``pipeline.predict_proba`` on a frame; the

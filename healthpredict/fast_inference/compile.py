@@ -97,9 +97,9 @@ def runtimes_for(pipeline: Pipeline) -> tuple[str, ...]:
     if isinstance(model, LogisticRegression):
         return ("numpy", "sklearn")
     if type(model).__name__ == "XGBClassifier":
-        return ("trees", "onnx", "xgboost-inplace", "sklearn")
+        return ("trees", "xgboost-inplace", "sklearn")
     if isinstance(model, RandomForestClassifier):
-        return ("trees", "onnx", "sklearn")
+        return ("trees", "sklearn")
     return ("sklearn",)
 
 
@@ -135,15 +135,11 @@ def compile_pipeline(
             return runtimes.xgboost_runtime(model, threads)
         if runtime_name == "trees":
             return runtimes.tree_runtime(model, encoder.n_features)
-        if runtime_name == "onnx" and isinstance(model, RandomForestClassifier):
-            return runtimes.onnx_forest_runtime(model, encoder.n_features, threads)
-        if runtime_name == "onnx":
-            return runtimes.onnx_xgboost_runtime(model, encoder.n_features, threads)
         return runtimes.sklearn_runtime(model)
 
     threads = batch_threads or _usable_cores()
     # XGBoost's own predictor and the tree runtime (row slices on a thread pool) gain from more threads on 10k
-    # rows; ONNX Runtime's thread pool lost to one thread on the 2-core benchmark machine (docs/PERFORMANCE.md).
+    # rows (docs/PERFORMANCE.md).
     threaded = batch_runtime in ("xgboost-inplace", "trees") and threads > 1
     separate_batch = batch_runtime is not None and (batch_runtime != name or threaded)
     single = make(name, 1)
@@ -174,14 +170,18 @@ def max_difference(predictor: FastPredictor, pipeline: Pipeline, frame: pd.DataF
     return max(float(np.max(np.abs(answer - expected), initial=0.0)) for answer in answers)
 
 
-def compile_verified(pipeline: Pipeline, frame: pd.DataFrame, tolerance: float = TOLERANCE) -> FastPredictor:
-    """The fastest runtime whose answers on ``frame`` lie within ``tolerance`` of the pipeline's own.
+def compile_verified(
+    pipeline: Pipeline, frame: pd.DataFrame, tolerance: float = TOLERANCE, runtime: str | None = None
+) -> FastPredictor:
+    """The fastest runtime whose answers on ``frame`` lie within ``tolerance`` of the pipeline's own (or exactly
+    ``runtime``, when one is named).
 
     The last candidate (sklearn's ``predict_proba`` on the encoded matrix) is exact for any estimator, so only
     an encoder that disagrees with the pipeline makes this fail.
     """
     errors: list[str] = []
-    for name in (None, *runtimes_for(pipeline)):  # None: the default single-row + batch pairing
+    candidates = (runtime,) if runtime else (None, *runtimes_for(pipeline))  # None: the default pairing
+    for name in candidates:
         label = name or "default"
         try:
             predictor = compile_pipeline(pipeline, runtime=name)

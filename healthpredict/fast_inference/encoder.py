@@ -21,7 +21,7 @@ from healthpredict.features import (
     MISSING_CATEGORY,
     MODEL_INPUT_COLUMNS,
     NUMERIC_FEATURES,
-    icd9_group,
+    icd9_chapter,
 )
 from healthpredict.schema import AGE_BANDS, COUNT_COLUMNS, ID_CODE_VOCABULARIES, MEDICATION_COLUMNS, MEDICATION_VALUES
 
@@ -209,8 +209,7 @@ class FeatureEncoder:
         unseen = list({code for code in codes if code not in cache})
         computed: dict[Any, str] = {}
         if unseen:
-            groups = icd9_group(pd.Series(unseen, dtype=object))
-            computed = dict(zip(unseen, groups.tolist(), strict=True))
+            computed = {code: icd9_chapter(code) for code in unseen}
             if len(cache) + len(computed) <= CACHE_LIMIT:
                 cache.update(computed)
         return [cache[code] if code in cache else computed[code] for code in codes]

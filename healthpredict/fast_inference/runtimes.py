@@ -1,4 +1,4 @@
-"""Estimator runtimes on the encoded matrix: linear, the tree walk, ONNX Runtime, XGBoost's booster, sklearn."""
+"""Estimator runtimes on the encoded matrix: linear, the tree walk, XGBoost's booster, sklearn (exact)."""
 
 from __future__ import annotations
 
@@ -67,45 +67,8 @@ def tree_runtime(model: Any, n_features: int) -> Runtime:
     return ensemble.predict
 
 
-def onnx_xgboost_runtime(model: Any, n_features: int, threads: int = 1) -> Runtime:
-    from onnxmltools.convert import convert_xgboost
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
-    onnx_model = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15)
-    return onnx_session_runtime(onnx_model.SerializeToString(), threads)
-
-
-def onnx_session_runtime(serialized: bytes, threads: int = 1) -> Runtime:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    output_name = session.get_outputs()[1].name
-
-    def predict(matrix: np.ndarray) -> np.ndarray:
-        probabilities = session.run([output_name], {input_name: np.ascontiguousarray(matrix, dtype=np.float32)})[0]
-        return np.asarray(probabilities[:, 1], dtype=np.float64)
-
-    return predict
-
-
 def sklearn_runtime(model: Any) -> Runtime:
     def predict(matrix: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict_proba(matrix)[:, 1], dtype=np.float64)
 
     return predict
-
-
-def onnx_forest_runtime(model: RandomForestClassifier, n_features: int, threads: int = 1) -> Runtime:
-    from skl2onnx import to_onnx
-
-    onnx_model = to_onnx(
-        model,
-        np.zeros((1, n_features), dtype=np.float32),
-        options={id(model): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-    return onnx_session_runtime(onnx_model.SerializeToString(), threads)

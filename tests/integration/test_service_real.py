@@ -131,7 +131,7 @@ def test_uvicorn_process_serves_the_registered_champion(server: str, registry: R
     probabilities = [p["probability"] for p in batch["predictions"]]
     np.testing.assert_allclose(probabilities, expected_probabilities(registry, "xgboost", rows), rtol=0, atol=1e-5)
     single = httpx.post(f"{server}/v1/predict", content=bodies[0]).json()
-    assert single["probability"] == pytest.approx(probabilities[0], abs=1e-5)  # ONNX row vs booster batch
+    assert single["probability"] == pytest.approx(probabilities[0], abs=1e-5)  # tree-walk row vs booster batch
     assert single["model_version"] == registry.versions["xgboost"]
     assert "healthpredict_model_info" in httpx.get(f"{server}/metrics").text
 

@@ -297,3 +297,30 @@ def test_verified_compile_falls_back_to_an_exact_runtime(
     predictor = compile_verified(pipelines["logreg"], frame)
     assert predictor.runtime_name == "sklearn"
     assert max_difference(predictor, pipelines["logreg"], frame) == 0.0
+
+
+def test_xgboost_json_still_holds_the_fields_the_tree_runtime_reads() -> None:
+    """The tree runtime reads XGBoost's JSON model (versions pinned in pyproject.toml): if a release renames or
+    reshapes one of these fields, this fails before a model is served with a wrong reading of it."""
+    import json
+
+    from xgboost import XGBClassifier
+
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(200, 4)).astype(np.float32)
+    model = XGBClassifier(n_estimators=3, max_depth=2).fit(matrix, (matrix[:, 0] > 0).astype(int))
+    learner = json.loads(bytes(model.get_booster().save_raw("json")))["learner"]
+    booster = learner["gradient_booster"]
+    assert booster["name"] == "gbtree"
+    assert int(booster["model"]["gbtree_model_param"]["num_parallel_tree"]) == 1
+    assert float(str(learner["learner_model_param"]["base_score"]).strip("[]").split(",")[0]) > 0
+    trees = booster["model"]["trees"]
+    assert len(trees) == 3
+    for tree in trees:
+        nodes = int(tree["tree_param"]["num_nodes"])
+        for field in ("left_children", "right_children", "split_indices", "split_conditions", "default_left"):
+            assert len(tree[field]) == nodes, field
+        assert all(int(kind) == 0 for kind in tree["split_type"])  # numeric splits only
+        assert not tree["categories"]
+        leaves = [i for i in range(nodes) if tree["left_children"][i] == -1]
+        assert leaves and all(tree["right_children"][i] == -1 for i in leaves)

@@ -6,12 +6,14 @@ from conftest import raw_frame, raw_record
 from healthpredict.features import (
     CATEGORICAL_FEATURES,
     EXCLUDED_DISCHARGE_IDS,
+    MISSING_CATEGORY,
     MODEL_INPUT_COLUMNS,
     NUMERIC_FEATURES,
     FeatureEngineer,
     build_preprocessor,
     clean_encounters,
     engineer_features,
+    icd9_chapter,
     icd9_group,
 )
 from healthpredict.schema import TARGET_COLUMN, coerce_types
@@ -114,3 +116,17 @@ def test_preprocessor_one_hots_and_ignores_unknown_categories() -> None:
 def test_missing_model_column_is_named() -> None:
     with pytest.raises(KeyError, match="insulin"):
         engineer_features(typed(raw_record()).drop(columns=["insulin"]))
+
+
+def test_icd9_chapters_one_code_at_a_time_and_as_a_column() -> None:
+    cases = {
+        "250.01": "diabetes", "250": "diabetes", " 428 ": "circulatory", "785.5": "circulatory",
+        "486": "respiratory", "786.05": "respiratory", "535": "digestive", "787": "digestive",
+        "820": "injury", "999.9": "injury", "715": "musculoskeletal", "599": "genitourinary", "788.1": "genitourinary",
+        "174": "neoplasms", "V45": "external_v_e", "e888": "external_v_e", "780": "other", "1000": "other",
+        "abc": "other", "nan": "other", "": MISSING_CATEGORY, "   ": MISSING_CATEGORY, None: MISSING_CATEGORY,
+        float("nan"): MISSING_CATEGORY, 428: "circulatory",
+    }  # fmt: skip
+    assert {code: icd9_chapter(code) for code in cases} == cases
+    column = pd.Series(list(cases), dtype=object)
+    assert icd9_group(column).tolist() == list(cases.values())

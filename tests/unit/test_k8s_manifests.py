@@ -8,6 +8,7 @@ deployment policy of the project.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -35,7 +36,25 @@ LABELS = {"app.kubernetes.io/name": "healthpredict-service", "app.kubernetes.io/
 TARGETS = ["base", "overlays/minikube", "overlays/eks"]
 
 IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])|(?<![\w:])::1(?![\w:])")
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f]*:[0-9A-Fa-f:]*:[0-9A-Fa-f.]*(?![\w:])")
+
+
+class _Ipv6Literals:
+    """IPv6 addresses in a text, full or compressed (``fd00::1:2``): candidates checked by ``ipaddress``."""
+
+    @staticmethod
+    def findall(text: str) -> list[str]:
+        found = []
+        for token in _IPV6_CANDIDATE.findall(text):
+            try:
+                ipaddress.IPv6Address(token)
+            except ValueError:
+                continue
+            found.append(token)
+        return found
+
+
+IPV6 = _Ipv6Literals()
 
 KUBECTL = shutil.which("kubectl")
 
@@ -166,7 +185,7 @@ def test_contract_names_namespace_and_labels(rendered: dict, target: str) -> Non
 @pytest.mark.parametrize("target", TARGETS)
 def test_rollout_strategy_and_replicas(rendered: dict, target: str) -> None:
     spec = _deployment(rendered[target])["spec"]
-    assert spec["replicas"] == 2
+    assert "replicas" not in spec, "the HorizontalPodAutoscaler owns the replica count"
     assert spec["strategy"]["type"] == "RollingUpdate"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 1
@@ -286,7 +305,8 @@ def test_no_ip_address_literals(rendered_text: dict, target: str) -> None:
 
 def test_ip_regex_catches_literals() -> None:
     assert IPV4.findall("url: http://192.168.49.1:5000") == ["192.168.49.1"]
-    assert IPV6.findall("host: fd00::1:2") or IPV6.findall("host: 2001:db8:0:0:0:0:0:1")
+    assert IPV6.findall("host: fd00::1:2") == ["fd00::1:2"]
+    assert IPV6.findall("host: 2001:db8:0:0:0:0:0:1") == ["2001:db8:0:0:0:0:0:1"]
     assert not IPV4.findall("image: healthpredict-service:0-initial  version: 1.32.0-x")
 
 
@@ -337,9 +357,45 @@ def test_minikube_overlay(rendered: dict, rendered_text: dict) -> None:
     assert token_ref["valueFrom"]["secretKeyRef"]["key"] in secret["data"]
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_pods_drain_before_they_stop(rendered: dict, target: str) -> None:
+    pod = _deployment(rendered[target])["spec"]["template"]["spec"]
+    delay = _container(rendered[target])["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 5 <= delay < pod["terminationGracePeriodSeconds"]
+
+
+def test_eks_public_edge_is_closed(rendered: dict) -> None:
+    docs = rendered["overlays/eks"]
+    assert _one(docs, "Service", DEPLOYMENT)["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert not [d for d in docs if d["kind"] == "Service" and d["spec"].get("type") in ("LoadBalancer", "NodePort")]
+    ingress = _one(docs, "Ingress", DEPLOYMENT)
+    notes = ingress["metadata"]["annotations"]
+    assert notes["alb.ingress.kubernetes.io/listen-ports"] == '[{"HTTPS": 443}]'  # TLS only
+    assert notes["alb.ingress.kubernetes.io/certificate-arn"] and notes["alb.ingress.kubernetes.io/ssl-policy"]
+    assert notes["alb.ingress.kubernetes.io/inbound-cidrs"]  # the load balancer's source ranges
+    paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths == ["/v1/predict", "/v1/explain"]
+    for hidden in ("/admin/reload", "/metrics", "/v1/model", "/schema", "/health/live"):
+        assert not any(hidden.startswith(path) for path in paths), hidden
+    assert {p["backend"]["service"]["name"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]} == {
+        DEPLOYMENT
+    }
+
+
+def test_eks_network_policies_deny_by_default(rendered: dict) -> None:
+    docs = rendered["overlays/eks"]
+    deny = _one(docs, "NetworkPolicy", "default-deny")["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    allow = _one(docs, "NetworkPolicy", DEPLOYMENT)["spec"]
+    assert allow["podSelector"]["matchLabels"] == _deployment(docs)["spec"]["selector"]["matchLabels"]
+    assert [p["port"] for rule in allow["ingress"] for p in rule["ports"]] == ["http"]
+    egress_ports = sorted((p["port"], p["protocol"]) for rule in allow["egress"] for p in rule["ports"])
+    assert egress_ports == [(53, "TCP"), (53, "UDP"), (5000, "TCP")]  # DNS and MLflow, nothing else
+
+
 def test_eks_overlay(rendered: dict) -> None:
     docs = rendered["overlays/eks"]
-    assert _one(docs, "Service", DEPLOYMENT)["spec"]["type"] == "LoadBalancer"
     repo, _tag = _split_image(_container(docs)["image"])
     registry, _, name = repo.partition("/")
     assert name == IMAGE_NAME and ("." in registry or ":" in registry), f"EKS image needs a registry: {repo}"
