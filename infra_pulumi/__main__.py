@@ -1,18 +1,19 @@
 """Pulumi program entry point: read config, compose the components, export outputs.
 
-The stack's virtualenv is the repository's (``Pulumi.yaml``), where ``pip install -e ".[infra]"`` makes
-the ``infra_pulumi`` package importable.
+The program runs in its own small virtualenv (``Pulumi.yaml``: ``venv`` from ``requirements.txt``, pulumi,
+pulumi-aws and pulumi-random only); it never imports the ``healthpredict`` package.
 """
 
 from __future__ import annotations
 
 import pulumi
 
-from infra_pulumi.compute import Compute, ComputeArgs
+from infra_pulumi.compute import Compute, ComputeArgs, ToolPins
 from infra_pulumi.config import load_config
 from infra_pulumi.iam import Iam, IamArgs
 from infra_pulumi.network import Network, NetworkArgs
 from infra_pulumi.registry import Registry, RegistryArgs
+from infra_pulumi.secrets import Secrets, SecretsArgs
 from infra_pulumi.security import Security, SecurityArgs, ServicePort
 from infra_pulumi.storage import Storage, StorageArgs
 from infra_pulumi.tags import base_tags
@@ -47,12 +48,17 @@ storage = Storage(
 registry = Registry(
     "healthpredict", RegistryArgs(tags=tags, keep_last=cfg.ecr_keep_last, force_delete=cfg.force_destroy)
 )
+secrets = Secrets("healthpredict", SecretsArgs(stack=pulumi.get_stack(), tags=tags, kms_key_arn=cfg.kms_key_arn))
+status_parameter = f"{secrets.path}/bootstrap-status"
 iam = Iam(
     "healthpredict",
     IamArgs(
         bucket_arn=storage.bucket.arn,
         repository_arn=registry.repository.arn,
         tags=tags,
+        region=cfg.region,
+        secrets_path=secrets.path,
+        status_parameter=status_parameter,
         kms_key_arn=cfg.kms_key_arn,
     ),
 )
@@ -70,13 +76,22 @@ compute = Compute(
         repo_url=cfg.repo_url,
         repo_ref=cfg.repo_ref,
         compose_file=cfg.compose_file,
+        secrets_path=secrets.path,
+        status_parameter=status_parameter,
+        tools=ToolPins(
+            kubectl_version=cfg.kubectl_version,
+            kubectl_sha256=cfg.kubectl_sha256,
+            minikube_version=cfg.minikube_version,
+            minikube_sha256=cfg.minikube_sha256,
+        ),
         tags=tags,
     ),
+    opts=pulumi.ResourceOptions(depends_on=[secrets]),  # the secrets exist before the host reads them
 )
 
 dns = compute.instance.public_dns
 pulumi.export("bucket_name", storage.bucket.bucket)
-pulumi.export("artifact_uri", pulumi.Output.concat("s3://", storage.bucket.bucket, "/healthpredict"))
+pulumi.export("artifact_uri", pulumi.Output.concat("s3://", storage.bucket.bucket, "/data"))
 pulumi.export("ecr_repository_url", registry.repository.repository_url)
 pulumi.export("instance_id", compute.instance.id)
 pulumi.export("public_ip", compute.instance.public_ip)
@@ -87,3 +102,5 @@ pulumi.export("mlflow_tracking_uri", pulumi.Output.concat("http://", dns, f":{cf
 pulumi.export("prefect_ui_url", pulumi.Output.concat("http://", dns, f":{cfg.prefect_port}"))
 pulumi.export("prefect_api_url", pulumi.Output.concat("http://", dns, f":{cfg.prefect_port}/api"))
 pulumi.export("api_url", pulumi.Output.concat("http://", dns, f":{cfg.api_ports[0]}"))
+pulumi.export("secrets_path", secrets.path)
+pulumi.export("bootstrap_status_parameter", status_parameter)

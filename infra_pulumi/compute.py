@@ -1,8 +1,8 @@
 """Compute: one Ubuntu LTS EC2 host that runs Minikube and the docker compose stack.
 
 Sized by config (default t3.xlarge = 4 vCPU / 16 GiB, 60 GiB encrypted gp3) because Minikube
-alone wants 2 vCPU / 4 GiB and MLflow + Prefect + the API run beside it. IMDSv2 is required;
-the hop limit is 2 so containers on the docker bridge can still fetch role credentials.
+alone wants 2 vCPU / 4 GiB and MLflow + Prefect + the API run beside it. IMDSv2 is required with a hop
+limit of 1, so only the host itself reaches the instance role.
 """
 
 from __future__ import annotations
@@ -14,11 +14,20 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra_pulumi.secrets import SECRET_NAMES
 from infra_pulumi.tags import named
 
 CANONICAL_OWNER_ID = "099720109477"
 UBUNTU_AMI_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
 REPO_DIR = "/opt/healthpredict"
+
+
+#: The compose files the host runs: the stack with the Pulumi bucket and the instance role (no MinIO).
+COMPOSE_FILES_ON_AWS = "docker-compose.yml:docker-compose.aws.yml"
+#: What the bootstrap writes into the stack's .env besides COMPOSE_FILE, BIND_ADDRESS and AWS_REGION: the
+#: bucket, and each secret read from SSM Parameter Store (infra_pulumi/secrets.py).
+BOOTSTRAP_ENV_KEYS: tuple[str, ...] = ("HEALTHPREDICT_BUCKET", "POSTGRES_USER", *SECRET_NAMES)
+CREDENTIALS_DIR = "/run/healthpredict/aws"
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,52 @@ class ComputeArgs:
     repo_url: str
     repo_ref: str
     tags: Mapping[str, str]
+    secrets_path: str
+    status_parameter: str
+    tools: ToolPins
     compose_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolPins:
+    """Tool releases the bootstrap downloads, each checked against its sha256 before it is installed."""
+
+    kubectl_version: str
+    kubectl_sha256: str
+    minikube_version: str
+    minikube_sha256: str
+
+
+# Runs on the host (which alone reaches the metadata service, hop limit 1): the instance role's current
+# credentials into a file that only the containers that need them mount (docker-compose.aws.yml).
+_REFRESH_CREDENTIALS = """import configparser, os, sys, tempfile
+import boto3
+
+frozen = boto3.Session().get_credentials().get_frozen_credentials()
+config = configparser.ConfigParser()
+config["default"] = {"aws_access_key_id": frozen.access_key, "aws_secret_access_key": frozen.secret_key,
+                     "aws_session_token": frozen.token or ""}
+target = sys.argv[1]
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target))
+with os.fdopen(fd, "w") as handle:
+    config.write(handle)
+os.chmod(tmp, 0o644)
+os.replace(tmp, target)
+"""
+
+# Reads every secret of the stack's parameter path into KEY=value lines of the .env (root-only).
+_WRITE_ENV = """import sys
+import boto3
+
+path, region = sys.argv[1], sys.argv[2]
+ssm = boto3.client("ssm", region_name=region)
+pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=path, WithDecryption=True)
+for page in pages:
+    for parameter in page["Parameters"]:
+        name = parameter["Name"].rsplit("/", 1)[1]
+        if name.isupper():
+            print(f"{name}={parameter['Value']}")
+"""
 
 
 def render_user_data(
@@ -44,55 +98,104 @@ def render_user_data(
     bucket_name: str,
     ecr_repository_url: str,
     region: str,
+    secrets_path: str,
+    status_parameter: str,
+    tools: ToolPins,
     compose_file: str | None = None,
 ) -> str:
-    """Cloud-init shell script: Docker + Compose v2, Minikube, kubectl, clone, ``docker compose up -d``.
+    """Cloud-init shell script: Docker + Compose v2, pinned kubectl and Minikube (sha256-checked), the stack's
+    secrets from SSM into a root-only .env, the instance role's credentials refreshed for the containers that
+    need them, ``docker compose up -d``, a smoke check whose result is written to ``status_parameter``.
 
     Every interpolated value is shell-quoted; config validation already restricts them further.
     """
     q = shlex.quote
-    compose = f"docker compose -f {q(compose_file)} up -d" if compose_file else "docker compose up -d"
+    compose_files = q(compose_file) if compose_file else COMPOSE_FILES_ON_AWS
     return f"""#!/bin/bash
 # HealthPredict host bootstrap, rendered by infra_pulumi/compute.py.
-# Log: /var/log/healthpredict-bootstrap.log
-set -euxo pipefail
+# Log: /var/log/healthpredict-bootstrap.log; result: SSM parameter {status_parameter}
+set -euo pipefail
 exec > >(tee -a /var/log/healthpredict-bootstrap.log) 2>&1
 export DEBIAN_FRONTEND=noninteractive
+export AWS_REGION={q(region)} AWS_DEFAULT_REGION={q(region)}
+STATUS_PARAMETER={q(status_parameter)}
 
-# Docker Engine + Compose v2 plugin from Docker's apt repository.
+report() {{
+  # The bootstrap's outcome, readable with `aws ssm get-parameter --name "$STATUS_PARAMETER"`.
+  python3 - "$STATUS_PARAMETER" "$1" <<'PY' || true
+import sys
+import boto3
+
+boto3.client("ssm").put_parameter(Name=sys.argv[1], Value=sys.argv[2][:4000], Type="String", Overwrite=True)
+PY
+}}
+trap 'report "failed at line $LINENO (see /var/log/healthpredict-bootstrap.log)"' ERR
+
+# Docker Engine + Compose v2 plugin from Docker's apt repository; boto3 for SSM and the role's credentials.
 apt-get update -y
-apt-get install -y ca-certificates curl git gnupg conntrack
+apt-get install -y ca-certificates curl git gnupg conntrack python3-boto3
 install -m 0755 -d /etc/apt/keyrings
 curl -fsSL https://download.docker.com/linux/ubuntu/gpg -o /etc/apt/keyrings/docker.asc
 chmod a+r /etc/apt/keyrings/docker.asc
+codename="$(. /etc/os-release && echo "$VERSION_CODENAME")"
 echo "deb [arch=$(dpkg --print-architecture) signed-by=/etc/apt/keyrings/docker.asc] \\
-https://download.docker.com/linux/ubuntu $(. /etc/os-release && echo "$VERSION_CODENAME") stable" \\
-  > /etc/apt/sources.list.d/docker.list
+https://download.docker.com/linux/ubuntu $codename stable" > /etc/apt/sources.list.d/docker.list
 apt-get update -y
 apt-get install -y docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin
 systemctl enable --now docker
 usermod -aG docker ubuntu
 docker compose version
 
-# kubectl (latest stable) and Minikube.
-KUBECTL_VERSION="$(curl -fsSL https://dl.k8s.io/release/stable.txt)"
-curl -fsSLo /tmp/kubectl "https://dl.k8s.io/release/${{KUBECTL_VERSION}}/bin/linux/amd64/kubectl"
-install -o root -g root -m 0755 /tmp/kubectl /usr/local/bin/kubectl
-curl -fsSLo /tmp/minikube https://storage.googleapis.com/minikube/releases/latest/minikube-linux-amd64
-install -o root -g root -m 0755 /tmp/minikube /usr/local/bin/minikube
+# kubectl and Minikube at pinned releases; each download must match its sha256 before it is installed.
+install_checked() {{
+  local url=$1 sha256=$2 target=$3
+  curl -fsSL --proto '=https' --retry 5 -o "$target.download" "$url"
+  echo "$sha256  $target.download" | sha256sum --check --strict
+  install -o root -g root -m 0755 "$target.download" "$target"
+  rm -f "$target.download"
+}}
+install_checked {q(f"https://dl.k8s.io/release/{tools.kubectl_version}/bin/linux/amd64/kubectl")} \\
+  {q(tools.kubectl_sha256)} /usr/local/bin/kubectl
+install_checked \\
+  {q(f"https://github.com/kubernetes/minikube/releases/download/{tools.minikube_version}/minikube-linux-amd64")} \\
+  {q(tools.minikube_sha256)} /usr/local/bin/minikube
 kubectl version --client
 minikube version
 
-# Settings the stack and the deploy tooling read; also exported for interactive SSM sessions.
+# The instance role's short-lived credentials for MLflow's artifact proxy and the flows, refreshed every
+# 10 minutes (the metadata service answers the host only: hop limit 1).
+install -d -m 0755 {CREDENTIALS_DIR}
+cat > /usr/local/lib/healthpredict-refresh-credentials.py <<'PY'
+{_REFRESH_CREDENTIALS}PY
+cat > /etc/systemd/system/healthpredict-credentials.service <<'UNIT'
+[Unit]
+Description=HealthPredict: the instance role's credentials for the stack's containers
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/python3 /usr/local/lib/healthpredict-refresh-credentials.py {CREDENTIALS_DIR}/credentials
+UNIT
+cat > /etc/systemd/system/healthpredict-credentials.timer <<'UNIT'
+[Unit]
+Description=Refresh the HealthPredict credentials file every 10 minutes
+[Timer]
+OnBootSec=0
+OnUnitActiveSec=10min
+[Install]
+WantedBy=timers.target
+UNIT
+systemctl daemon-reload
+systemctl start healthpredict-credentials.service
+systemctl enable --now healthpredict-credentials.timer
+
+# Settings for interactive SSM sessions and the deploy tooling (no secrets here).
 cat > /etc/profile.d/healthpredict.sh <<'ENVEOF'
 export AWS_REGION={q(region)}
 export AWS_DEFAULT_REGION={q(region)}
 export HEALTHPREDICT_BUCKET={q(bucket_name)}
-export HEALTHPREDICT_ARTIFACT_URI={q(f"s3://{bucket_name}/healthpredict")}
+export HEALTHPREDICT_ARTIFACT_URI={q(f"s3://{bucket_name}/data")}
 export HEALTHPREDICT_IMAGE_REPOSITORY={q(ecr_repository_url)}
 ENVEOF
 chmod 0644 /etc/profile.d/healthpredict.sh
-. /etc/profile.d/healthpredict.sh
 
 # Project checkout at the configured ref.
 if [ ! -d {REPO_DIR}/.git ]; then
@@ -101,10 +204,36 @@ fi
 git -C {REPO_DIR} fetch --tags origin {q(repo_ref)}
 git -C {REPO_DIR} checkout --detach FETCH_HEAD
 chown -R ubuntu:ubuntu {REPO_DIR}
-
-# Compose stack (MLflow, Prefect, API).
 cd {REPO_DIR}
-{compose}
+
+# The stack's .env: the AWS compose files, ports on all interfaces (the security group decides who reaches
+# them), the Pulumi bucket, and every secret from SSM Parameter Store. Readable by root only.
+umask 077
+{{
+  echo "COMPOSE_FILE={compose_files}"
+  echo "BIND_ADDRESS=0.0.0.0"
+  echo "AWS_REGION={region}"
+  echo "HEALTHPREDICT_BUCKET={bucket_name}"
+  echo "POSTGRES_USER=healthpredict"
+  python3 - {q(secrets_path)} {q(region)} <<'PY'
+{_WRITE_ENV}PY
+}} > .env.new
+mv .env.new .env
+umask 022
+
+# The stack (MLflow, Prefect with its deployments, the API).
+docker compose up -d --build
+
+# Smoke check: every endpoint answers from the host; the result goes to the status parameter.
+for url in http://127.0.0.1:5000/health http://127.0.0.1:4200/api/health http://127.0.0.1:8000/health/live; do
+  ok=""
+  for _ in $(seq 60); do
+    if curl -fsS -o /dev/null "$url"; then ok=1; break; fi
+    sleep 10
+  done
+  [ -n "$ok" ] || {{ report "smoke check failed: $url did not answer"; exit 1; }}
+done
+report "ready: MLflow, Prefect and the API answer ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(git rev-parse --short HEAD))"
 
 # Minikube (docker driver) for the Kubernetes manifests, as the unprivileged user. Not fatal:
 # the compose stack above is already serving if the cluster fails to come up.
@@ -138,6 +267,9 @@ class Compute(pulumi.ComponentResource):
                 bucket_name=vals[0],
                 ecr_repository_url=vals[1],
                 region=args.region,
+                secrets_path=args.secrets_path,
+                status_parameter=args.status_parameter,
+                tools=args.tools,
                 compose_file=args.compose_file,
             )
         )
@@ -154,7 +286,9 @@ class Compute(pulumi.ComponentResource):
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled",
                 http_tokens="required",
-                http_put_response_hop_limit=2,
+                # The host only: containers on the docker bridge are one hop further and cannot take the role;
+                # the few that need AWS read a refreshed credentials file instead (docker-compose.aws.yml).
+                http_put_response_hop_limit=1,
             ),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 volume_type="gp3",

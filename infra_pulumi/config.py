@@ -23,7 +23,8 @@ KNOWN_KEYS = frozenset(
     {
         "owner", "allowedCidrs", "sshCidrs", "allowUnsafeIngress", "azCount", "vpcCidr", "instanceType",
         "rootVolumeGb", "kmsKeyArn", "forceDestroy", "ecrKeepLast", "noncurrentVersionDays", "repoUrl",
-        "repoRef", "composeFile", "mlflowPort", "prefectPort", "apiPorts",
+        "repoRef", "composeFile", "mlflowPort", "prefectPort", "apiPorts", "minIngressPrefix", "minIngressPrefixV6",
+        "kubectlVersion", "kubectlSha256", "minikubeVersion", "minikubeSha256",
     }
 )  # fmt: skip
 
@@ -35,6 +36,11 @@ _REPO_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _REPO_URL_RE = re.compile(r"^(https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~/-]+|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+)$")
 _COMPOSE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}\.ya?ml$")
 _OWNER_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]{1,128}$")
+_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Pinned tool downloads of the host bootstrap: release version and the sha256 of its linux-amd64 binary.
+KUBECTL_VERSION, KUBECTL_SHA256 = "v1.35.0", "a2e984a18a0c063279d692533031c1eff93a262afcc0afdc517375432d060989"
+MINIKUBE_VERSION, MINIKUBE_SHA256 = "v1.38.1", "099477eaf248bcb5bcea8ce78a2898e93ac01461c35189da1848c3de82ecd22e"
 _KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
 
 
@@ -92,6 +98,13 @@ class InfraConfig:
     mlflow_port: int = 5000
     prefect_port: int = 4200
     api_ports: tuple[int, int] = (8000, 8000)
+    # The widest ingress ranges accepted: an allowed or SSH CIDR with a shorter prefix is refused.
+    min_ingress_prefix: int = 24
+    min_ingress_prefix_v6: int = 48
+    kubectl_version: str = KUBECTL_VERSION
+    kubectl_sha256: str = KUBECTL_SHA256
+    minikube_version: str = MINIKUBE_VERSION
+    minikube_sha256: str = MINIKUBE_SHA256
     subnet_cidrs: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +120,7 @@ class InfraConfig:
         self._validate_compute()
         self._validate_storage()
         self._validate_repo()
+        self._validate_tools()
         for key, port in (("mlflowPort", self.mlflow_port), ("prefectPort", self.prefect_port)):
             _check_port(key, port)
         for key, port in (("apiPorts", self.api_ports[0]), ("apiPorts", self.api_ports[1])):
@@ -118,19 +132,32 @@ class InfraConfig:
                 f"{NAMESPACE}:allowedCidrs is required and must list at least one CIDR "
                 "(e.g. your office or VPN egress, 203.0.113.10/32); there is no default."
             )
+        if not 8 <= self.min_ingress_prefix <= 32 or not 16 <= self.min_ingress_prefix_v6 <= 128:
+            raise ValueError(
+                f"{NAMESPACE}:minIngressPrefix must be in 8-32 and minIngressPrefixV6 in 16-128, got "
+                f"{self.min_ingress_prefix} and {self.min_ingress_prefix_v6}"
+            )
         for net in _parse_cidrs("sshCidrs", self.ssh_cidrs):
-            if net.prefixlen == 0:
+            if self._too_wide(net):
                 raise ValueError(
-                    f"{NAMESPACE}:sshCidrs contains {net} which opens SSH to the whole internet; this is "
-                    "refused even with allowUnsafeIngress=true. List specific CIDRs or use SSM "
-                    "Session Manager."
+                    f"{NAMESPACE}:sshCidrs contains {net}, wider than /{self._limit(net)} (minIngressPrefix): SSH is "
+                    "never opened to a whole range, even with allowUnsafeIngress=true. List specific CIDRs or use "
+                    "SSM Session Manager."
                 )
         for net in _parse_cidrs("allowedCidrs", self.allowed_cidrs):
-            if net.prefixlen == 0 and not self.allow_unsafe_ingress:
+            if self._too_wide(net) and not self.allow_unsafe_ingress:
                 raise ValueError(
-                    f"{NAMESPACE}:allowedCidrs contains {net} which opens MLflow, Prefect and the API to "
-                    f"the whole internet; set {NAMESPACE}:allowUnsafeIngress=true to accept that explicitly."
+                    f"{NAMESPACE}:allowedCidrs contains {net}, wider than /{self._limit(net)} (minIngressPrefix): it "
+                    f"would open MLflow, Prefect and the API to that whole range; list narrower CIDRs, or set "
+                    f"{NAMESPACE}:allowUnsafeIngress=true to accept it explicitly."
                 )
+
+    def _limit(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+        return self.min_ingress_prefix if net.version == 4 else self.min_ingress_prefix_v6
+
+    def _too_wide(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        """Wider than the limit (0.0.0.0/1 and 128.0.0.0/1 included), or public space reached through ::/0."""
+        return net.prefixlen < self._limit(net)
 
     def _validate_network(self) -> None:
         try:
@@ -166,6 +193,14 @@ class InfraConfig:
                 f"{NAMESPACE}:noncurrentVersionDays must be between 1 and 3650, got {self.noncurrent_version_days}"
             )
 
+    def _validate_tools(self) -> None:
+        for key, version in (("kubectlVersion", self.kubectl_version), ("minikubeVersion", self.minikube_version)):
+            if not _VERSION_RE.fullmatch(version):
+                raise ValueError(f"{NAMESPACE}:{key}: {version!r} is not a release version such as v1.35.0")
+        for key, digest in (("kubectlSha256", self.kubectl_sha256), ("minikubeSha256", self.minikube_sha256)):
+            if not _SHA256_RE.fullmatch(digest):
+                raise ValueError(f"{NAMESPACE}:{key}: {digest!r} is not a sha256 hex digest")
+
     def _validate_repo(self) -> None:
         # Both values end up in a root shell script, so only plain remote URLs and ref names pass.
         if not self.repo_url or not _REPO_URL_RE.fullmatch(self.repo_url):
@@ -176,11 +211,12 @@ class InfraConfig:
         if not _REPO_REF_RE.fullmatch(self.repo_ref) or ".." in self.repo_ref:
             raise ValueError(f"{NAMESPACE}:repoRef: {self.repo_ref!r} is not a branch, tag or commit name")
         if self.compose_file is not None and (
-            not _COMPOSE_FILE_RE.fullmatch(self.compose_file) or ".." in self.compose_file
+            not all(_COMPOSE_FILE_RE.fullmatch(part) for part in self.compose_file.split(":"))
+            or ".." in self.compose_file
         ):
             raise ValueError(
-                f"{NAMESPACE}:composeFile: {self.compose_file!r} must be a relative path to a .yml/.yaml "
-                "file inside the repository"
+                f"{NAMESPACE}:composeFile: {self.compose_file!r} must be relative paths to .yml/.yaml files "
+                "inside the repository, separated by ':'"
             )
 
     @property
@@ -262,4 +298,10 @@ def load_config() -> InfraConfig:
         mlflow_port=opt_int("mlflowPort", 5000),
         prefect_port=opt_int("prefectPort", 4200),
         api_ports=parse_port_range("apiPorts", cfg.get("apiPorts") or "8000"),
+        min_ingress_prefix=opt_int("minIngressPrefix", 24),
+        min_ingress_prefix_v6=opt_int("minIngressPrefixV6", 48),
+        kubectl_version=cfg.get("kubectlVersion") or KUBECTL_VERSION,
+        kubectl_sha256=cfg.get("kubectlSha256") or KUBECTL_SHA256,
+        minikube_version=cfg.get("minikubeVersion") or MINIKUBE_VERSION,
+        minikube_sha256=cfg.get("minikubeSha256") or MINIKUBE_SHA256,
     )

@@ -43,16 +43,34 @@ ECR_REPOSITORY_ACTIONS = [
 KMS_ACTIONS = ["kms:Decrypt", "kms:GenerateDataKey"]
 
 
+SSM_READ_ACTIONS = ["ssm:GetParametersByPath", "ssm:GetParameter", "ssm:GetParameters"]
+
+
 @dataclass(frozen=True)
 class IamArgs:
     bucket_arn: pulumi.Input[str]
     repository_arn: pulumi.Input[str]
     tags: Mapping[str, str]
+    region: str
+    secrets_path: str
+    status_parameter: str
     kms_key_arn: str | None = None
 
 
-def host_policy_document(bucket_arn: str, repository_arn: str, kms_key_arn: str | None = None) -> str:
-    """Least-privilege inline policy for the host, as JSON."""
+def parameter_arn(region: str, account: str, name: str) -> str:
+    return f"arn:aws:ssm:{region}:{account}:parameter{name}"
+
+
+def host_policy_document(
+    bucket_arn: str,
+    repository_arn: str,
+    kms_key_arn: str | None = None,
+    *,
+    secrets_path_arn: str,
+    status_parameter_arn: str,
+) -> str:
+    """Least-privilege inline policy for the host, as JSON: the bucket, the repository, reading this stack's
+    secrets, and writing the bootstrap's status parameter."""
     statements: list[dict[str, Any]] = [
         {"Sid": "BucketList", "Effect": "Allow", "Action": S3_BUCKET_ACTIONS, "Resource": [bucket_arn]},
         {
@@ -69,6 +87,12 @@ def host_policy_document(bucket_arn: str, repository_arn: str, kms_key_arn: str 
             "Resource": [repository_arn],
         },
     ]
+    statements += [
+        {"Sid": "StackSecrets", "Effect": "Allow", "Action": SSM_READ_ACTIONS,
+         "Resource": [secrets_path_arn, f"{secrets_path_arn}/*"]},
+        {"Sid": "BootstrapStatus", "Effect": "Allow", "Action": ["ssm:PutParameter"],
+         "Resource": [status_parameter_arn]},
+    ]  # fmt: skip
     if kms_key_arn:
         statements.append({"Sid": "BucketKms", "Effect": "Allow", "Action": KMS_ACTIONS, "Resource": [kms_key_arn]})
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
@@ -91,6 +115,7 @@ class Iam(pulumi.ComponentResource):
     def __init__(self, name: str, args: IamArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("healthpredict:infra:Iam", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOptions(parent=self)
 
         self.role = aws.iam.Role(
             f"{name}-host-role",
@@ -102,8 +127,16 @@ class Iam(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-host-policy",
             role=self.role.id,
-            policy=pulumi.Output.all(args.bucket_arn, args.repository_arn).apply(
-                lambda arns: host_policy_document(arns[0], arns[1], args.kms_key_arn)
+            policy=pulumi.Output.all(
+                args.bucket_arn, args.repository_arn, aws.get_caller_identity_output(opts=invoke).account_id
+            ).apply(
+                lambda vals: host_policy_document(
+                    vals[0],
+                    vals[1],
+                    args.kms_key_arn,
+                    secrets_path_arn=parameter_arn(args.region, vals[2], args.secrets_path),
+                    status_parameter_arn=parameter_arn(args.region, vals[2], args.status_parameter),
+                )
             ),
             opts=child,
         )

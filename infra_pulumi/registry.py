@@ -1,7 +1,8 @@
 """Registry: the ECR repository for the service image.
 
 Tags are IMMUTABLE so a deployed ``:<git-sha>`` can never be silently replaced; scan-on-push
-surfaces CVEs at build time; the lifecycle policy bounds storage cost to the last N images.
+surfaces CVEs at build time; the lifecycle policy bounds storage cost to the last N images, but never expires
+an image the deployment tagged ``deployed-…`` (healthpredict.deploy.image.protect_deployed_image).
 """
 
 from __future__ import annotations
@@ -23,24 +24,40 @@ class RegistryArgs:
     force_delete: bool = False
 
 
+DEPLOYED_TAG_PREFIX = "deployed-"
+#: ECR keeps an image matched by a higher-priority rule from every lower one: rule 1 matches deployed images
+#: and expires none of them (a count no repository reaches).
+NEVER = 100_000
+
+
 def keep_last_policy(keep_last: int) -> str:
-    """ECR lifecycle policy that expires everything beyond the newest ``keep_last`` images."""
-    return json.dumps(
+    """ECR lifecycle policy: deployed images are kept; of the rest, the newest ``keep_last`` tagged images stay,
+    and untagged layers go after a week."""
+    rules = [
         {
-            "rules": [
-                {
-                    "rulePriority": 1,
-                    "description": f"keep the last {keep_last} images",
-                    "selection": {
-                        "tagStatus": "any",
-                        "countType": "imageCountMoreThan",
-                        "countNumber": keep_last,
-                    },
-                    "action": {"type": "expire"},
-                }
-            ]
-        }
-    )
+            "rulePriority": 1,
+            "description": "never expire an image a deployment tagged deployed-*",
+            "selection": {
+                "tagStatus": "tagged", "tagPrefixList": [DEPLOYED_TAG_PREFIX],
+                "countType": "imageCountMoreThan", "countNumber": NEVER,
+            },
+            "action": {"type": "expire"},
+        },
+        {
+            "rulePriority": 2,
+            "description": "untagged images after 7 days",
+            "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                          "countNumber": 7},
+            "action": {"type": "expire"},
+        },
+        {
+            "rulePriority": 3,
+            "description": f"keep the last {keep_last} other images",
+            "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_last},
+            "action": {"type": "expire"},
+        },
+    ]  # fmt: skip
+    return json.dumps({"rules": rules})
 
 
 class Registry(pulumi.ComponentResource):

@@ -105,6 +105,59 @@ def registry_auth(
     return {"username": user, "password": secret, "serveraddress": server}
 
 
+#: Tag prefix of images a deployment has run; the ECR lifecycle policy never expires them
+#: (infra_pulumi/registry.py), so a roll-back target cannot disappear from the registry.
+DEPLOYED_TAG_PREFIX = "deployed-"
+_MANIFEST_TYPES = [
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+]
+
+
+def protect_deployed_image(
+    reference: str,
+    settings: Settings,
+    report: DeploymentReport,
+    *,
+    ecr_client: Callable[[str, Settings], Any] = _ecr_client,
+) -> str | None:
+    """Tag an ECR image ``deployed-<tag>`` (same manifest) before it is rolled out; returns the new reference.
+
+    Images elsewhere are left to their registry's retention (``None``). A failure raises before anything changed.
+    """
+    repository, _, tag = reference.rpartition(":")
+    ecr = parse_ecr_url(repository) if repository and "/" not in tag else None
+    if ecr is None or not ecr.repository:
+        report.step(f"image {reference} is not in ECR: its retention is up to that registry")
+        return None
+    protected = f"{DEPLOYED_TAG_PREFIX}{tag}"
+    if not _TAG.match(protected):
+        raise DeploymentError(f"image tag {tag!r} is too long to carry the {DEPLOYED_TAG_PREFIX!r} prefix")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = {"registryId": ecr.account, "repositoryName": ecr.repository}
+    try:
+        client = ecr_client(ecr.region, settings)
+        found = client.batch_get_image(**where, imageIds=[{"imageTag": tag}], acceptedMediaTypes=_MANIFEST_TYPES)
+        if not found.get("images"):
+            reasons = "; ".join(f.get("failureReason", "?") for f in found.get("failures", [])) or "not found"
+            raise DeploymentError(f"image {reference} is not in ECR repository {ecr.repository}: {reasons}")
+        image = found["images"][0]
+        media_type = image.get("imageManifestMediaType")
+        media = {"imageManifestMediaType": media_type} if media_type else {}
+        client.put_image(**where, imageManifest=image["imageManifest"], imageTag=protected, **media)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ImageAlreadyExistsException":  # tagged by an earlier deploy
+            raise DeploymentError(f"cannot tag image {reference} as {protected}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise DeploymentError(f"cannot tag image {reference} as {protected}: {exc}") from exc
+    result = image_reference(repository, protected)
+    report.step(f"image {reference} also tagged {protected}: the registry's lifecycle policy keeps it")
+    return result
+
+
 class DockerImages(Protocol):
     def build(self, **kwargs: Any) -> Any: ...
 

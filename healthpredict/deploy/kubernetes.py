@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from healthpredict.deploy.image import build_and_push
+from healthpredict.deploy.image import build_and_push, protect_deployed_image
 from healthpredict.deploy.verify import (
     DeploymentError,
     DeploymentReport,
@@ -315,6 +315,7 @@ class KubernetesTarget:
         verify = self._verify or live_verifier(settings, version, kube.verify_samples, self.sleep)
         template_state(self._read(), kube.container)  # an unreachable cluster or a wrong Deployment fails first
         image = self.image or build_and_push(settings, settings.image, version, report)
+        protect_deployed_image(image, settings, report)
         current = self._read()
         live = template_state(current, kube.container)
         self.fallback = verified_state(current) or live

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAM_DIR = REPO_ROOT / "infra_pulumi"
 STACK = "dev"
 FAKE_AMI = "ami-0fa1ce0fa1ce0fa1c"
+ACCOUNT = "111122223333"
 FAKE_AZS = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
 PYCACHE_DIR = Path(tempfile.gettempdir()) / "healthpredict-infra-pycache"
 
@@ -117,6 +118,9 @@ def _main(raw_config: str) -> None:
                     "names": FAKE_AZS,
                     "zoneIds": ["euw1-az1", "euw1-az2", "euw1-az3"],
                 }, []
+            if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+                identity = {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "id": ACCOUNT}
+                return {**identity, "userId": "AIDAEXAMPLE"}, []
             return {}, []
 
     parents: dict[str, str] = {}

@@ -14,6 +14,7 @@ import yaml
 from infra_harness import FAKE_AMI, FAKE_AZS, REPO_ROOT, run_programs
 
 from infra_pulumi.policy.rules import violations
+from infra_pulumi.secrets import SECRET_NAMES
 
 pytestmark = pytest.mark.infra
 
@@ -105,7 +106,9 @@ def test_outputs_are_complete_and_point_at_the_instance(runs: dict[str, dict[str
     assert out["public_ip"] == "198.51.100.7"
     assert out["instance_id"] == "i-0123456789abcdef0"
     assert out["bucket_name"] == "healthpredict-bucket-a1b2c3"
-    assert out["artifact_uri"] == "s3://healthpredict-bucket-a1b2c3/healthpredict"
+    assert out["artifact_uri"] == "s3://healthpredict-bucket-a1b2c3/data"
+    assert out["secrets_path"] == "/healthpredict/dev"
+    assert out["bootstrap_status_parameter"] == "/healthpredict/dev/bootstrap-status"
     assert out["ecr_repository_url"] == "111122223333.dkr.ecr.eu-west-1.amazonaws.com/healthpredict-service-d4e5"
     assert out["mlflow_tracking_uri"] == f"http://{dns}:5000"
     assert out["prefect_ui_url"] == f"http://{dns}:4200"
@@ -136,7 +139,7 @@ def test_every_cloud_resource_is_parented_to_a_component(runs: dict[str, dict[st
     result = ok(runs, "default")
     components = {r["type"] for r in result["resources"] if r["type"].startswith("healthpredict:infra:")}
     assert components == {
-        f"healthpredict:infra:{c}" for c in ("Network", "Security", "Storage", "Registry", "Iam", "Compute")
+        f"healthpredict:infra:{c}" for c in ("Network", "Security", "Storage", "Registry", "Secrets", "Iam", "Compute")
     }
     for res in result["resources"]:
         if res["type"].startswith("aws:"):
@@ -208,20 +211,26 @@ def test_iam_policy_is_scoped_to_this_bucket_and_repository(runs: dict[str, dict
     repo_arn = "arn:aws:ecr:eu-west-1:111122223333:repository/healthpredict-service-d4e5"
     policy = json.loads(one(result, "aws:iam/rolePolicy:RolePolicy")["policy"])
     statements = _policy_resources(policy)
+    secrets_arn = "arn:aws:ssm:eu-west-1:111122223333:parameter/healthpredict/dev"
+    status_arn = f"{secrets_arn}/bootstrap-status"
+    allowed = {bucket_arn, f"{bucket_arn}/*", repo_arn, "*", secrets_arn, f"{secrets_arn}/*", status_arn}
     seen_resources: set[str] = set()
     for actions, resources in statements:
         assert not any(a.endswith("*") for a in actions), actions
         if "*" in resources:
             assert actions == ["ecr:GetAuthorizationToken"] and resources == ["*"]
         for res in resources:
-            assert res in {bucket_arn, f"{bucket_arn}/*", repo_arn, "*"}, res
+            assert res in allowed, res
             seen_resources.add(res)
         for res in resources:
             if res.startswith("arn:aws:s3"):
                 assert all(a.startswith("s3:") for a in actions)
             if res == repo_arn:
                 assert all(a.startswith("ecr:") for a in actions) and "ecr:PutImage" in actions
-    assert seen_resources == {bucket_arn, f"{bucket_arn}/*", repo_arn, "*"}
+            if res.startswith(secrets_arn):
+                writes = [a for a in actions if not a.startswith("ssm:Get")]
+                assert writes == ([] if res != status_arn else ["ssm:PutParameter"]), (res, actions)
+    assert seen_resources == allowed
     assume = json.loads(one(result, "aws:iam/role:Role")["assumeRolePolicy"])
     assert assume["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     ssm = one(result, "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
@@ -236,9 +245,31 @@ def test_ecr_repository_is_immutable_scanned_and_pruned(runs: dict[str, dict[str
     assert repo["forceDelete"] is False
     lifecycle = one(result, "aws:ecr/lifecyclePolicy:LifecyclePolicy")
     assert lifecycle["repository"] == "healthpredict-service-d4e5"
-    (rule,) = json.loads(lifecycle["policy"])["rules"]
-    assert rule["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 20}
-    assert rule["action"] == {"type": "expire"}
+    deployed, untagged, rest = sorted(json.loads(lifecycle["policy"])["rules"], key=lambda r: r["rulePriority"])
+    assert deployed["selection"]["tagPrefixList"] == ["deployed-"]
+    assert untagged["selection"]["tagStatus"] == "untagged"
+    assert rest["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 20}
+    assert rest["action"] == {"type": "expire"}
+
+
+def test_secrets_are_generated_secure_strings_under_the_stack_path(runs: dict[str, dict[str, Any]]) -> None:
+    result = ok(runs, "default")
+    parameters = {p["inputs"]["name"]: p["inputs"] for p in of_type(result, "aws:ssm/parameter:Parameter")}
+    expected = {f"/healthpredict/dev/{name}" for name in SECRET_NAMES}
+    assert set(parameters) == expected | {"/healthpredict/dev/bootstrap-status"}
+    for name in expected:
+        assert parameters[name]["type"] == "SecureString", name
+    assert parameters["/healthpredict/dev/bootstrap-status"]["type"] == "String"
+    passwords = of_type(result, "random:index/randomPassword:RandomPassword")
+    assert len(passwords) == len(SECRET_NAMES) and all(p["inputs"]["length"] >= 32 for p in passwords)
+    script = one(result, "aws:ec2/instance:Instance")["userData"]
+    for name in SECRET_NAMES:  # nothing secret travels in the user data
+        assert f"{name}=" not in script, name
+
+
+def test_metadata_service_answers_the_host_only(runs: dict[str, dict[str, Any]]) -> None:
+    options = one(ok(runs, "default"), "aws:ec2/instance:Instance")["metadataOptions"]
+    assert options["httpTokens"] == "required" and options["httpPutResponseHopLimit"] == 1
 
 
 def test_instance_is_sized_hardened_and_uses_ubuntu_lts(runs: dict[str, dict[str, Any]]) -> None:
@@ -271,7 +302,9 @@ def test_user_data_installs_tooling_clones_repo_and_starts_compose(runs: dict[st
         f"git clone {REPO_URL} /opt/healthpredict",
         "fetch --tags origin main",
         "docker compose up -d",
-        "HEALTHPREDICT_ARTIFACT_URI=s3://healthpredict-bucket-a1b2c3/healthpredict",
+        "HEALTHPREDICT_ARTIFACT_URI=s3://healthpredict-bucket-a1b2c3/data",
+        "sha256sum --check",
+        "get_parameters_by_path",
         "HEALTHPREDICT_IMAGE_REPOSITORY=111122223333.dkr.ecr.eu-west-1.amazonaws.com/healthpredict-service-d4e5",
     ):
         assert needle in script, needle
@@ -315,7 +348,7 @@ def test_custom_config_flows_into_resources(runs: dict[str, dict[str, Any]]) -> 
     kms = [s for s in policy["Statement"] if any(a.startswith("kms:") for a in s["Action"])]
     assert [s["Resource"] for s in kms] == [[KMS_ARN]]
     lifecycle = json.loads(one(result, "aws:ecr/lifecyclePolicy:LifecyclePolicy")["policy"])
-    assert lifecycle["rules"][0]["selection"]["countNumber"] == 5
+    assert lifecycle["rules"][-1]["selection"]["countNumber"] == 5
     (s3_rule,) = one(result, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"]
     assert s3_rule["noncurrentVersionExpiration"]["noncurrentDays"] == 7
     assert one(result, "aws:s3/bucket:Bucket")["forceDestroy"] is True
@@ -323,7 +356,7 @@ def test_custom_config_flows_into_resources(runs: dict[str, dict[str, Any]]) -> 
     inst = one(result, "aws:ec2/instance:Instance")
     assert inst["instanceType"] == "m6i.2xlarge" and inst["rootBlockDevice"]["volumeSize"] == 100
     assert "fetch --tags origin v1.2.0" in inst["userData"]
-    assert "docker compose -f deploy/compose.yaml up -d" in inst["userData"]
+    assert 'echo "COMPOSE_FILE=deploy/compose.yaml"' in inst["userData"]
     assert len(of_type(result, "aws:ec2/subnet:Subnet")) == 3
 
 

@@ -48,7 +48,8 @@ def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp
         run("work-pool", "create", "healthpredict", "--type", "process")
         deployed = run("deploy", "--all")
         for name in (
-            "split-data/default", "train/default", "promote/default", "deploy/local", "pipeline/default",
+            "split-data/default", "train/default", "promote/default", "deploy/local", "deploy/kubernetes",
+            "pipeline/default",
             "monitor-drift/default", "continuous-improvement/default",
         ):  # fmt: skip
             assert name in run("deployment", "ls").stdout.replace("\n", "") or name in deployed.stdout

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from test_fast_inference_real import fitted_pipeline, real_parts, request_bodies
 
 from healthpredict.features import MODEL_INPUT_COLUMNS
+from healthpredict.model_format import MODEL_FILE
 from healthpredict.registry import (
     configure_tracking,
     ensure_experiment,
@@ -108,7 +109,7 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
     finally:
         stop_process(process)
         log.close()
-    assert process.returncode is not None
+    assert process.returncode == 0, "the service shuts down cleanly on SIGTERM"
 
 
 def expected_probabilities(registry: Registry, family: Family, rows: Any) -> np.ndarray:
@@ -214,7 +215,7 @@ def test_alias_moves_and_admin_reloads_under_load_fail_no_request(server: str, r
 def test_failed_reload_keeps_the_old_model_and_reports_it(server: str, registry: Registry) -> None:
     serving = httpx.get(f"{server}/v1/model").json()["version"]
     broken = register(registry.settings, registry.split_home, "random_forest")
-    (artifact_dir(registry.settings, broken) / "model.pkl").write_bytes(b"not a pickle")
+    (artifact_dir(registry.settings, broken) / MODEL_FILE).write_bytes(b"not a skops file")
     set_champion(registry.settings, broken)
     deadline = time.monotonic() + 30
     described = httpx.get(f"{server}/v1/model").json()
@@ -230,7 +231,10 @@ def test_failed_reload_keeps_the_old_model_and_reports_it(server: str, registry:
     assert httpx.get(f"{server}/health/ready").status_code == 200
     reload = httpx.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert reload.status_code == 502
-    assert reload.json() == {"reloaded": False, "version": serving, "detail": reload.json()["detail"]}
+    result = reload.json()
+    assert (result["reloaded"], result["version"]) == (False, serving)
+    assert result["detail"].startswith(f"reload failed, still serving {serving}: RegistryError: ")
+    assert "model.sha256 mismatch" in result["detail"]
     set_champion(registry.settings, serving)
 
 

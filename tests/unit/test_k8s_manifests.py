@@ -62,7 +62,7 @@ KUBECTL = shutil.which("kubectl")
 def _prepared_tree(tmp_path: Path) -> Path:
     """Copy k8s/ and create the git-ignored secret env files from their committed examples."""
     tree = tmp_path / "k8s"
-    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("reload.env", "s3.env"))
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("reload.env", "mlflow.env"))
     for example in tree.rglob("*.env.example"):
         example.with_name(example.name.removesuffix(".example")).write_text(example.read_text())
     return tree
@@ -355,6 +355,12 @@ def test_minikube_overlay(rendered: dict, rendered_text: dict) -> None:
     token_ref = next(e for e in c["env"] if e["name"] == "HEALTHPREDICT_RELOAD_TOKEN")
     secret = _one(docs, "Secret", token_ref["valueFrom"]["secretKeyRef"]["name"])
     assert token_ref["valueFrom"]["secretKeyRef"]["key"] in secret["data"]
+    # The read-only MLflow user, and no storage credentials: artifacts come through MLflow's proxy.
+    (mlflow_ref,) = [e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e]
+    assert set(_one(docs, "Secret", mlflow_ref)["data"]) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    for doc in docs:
+        keys = set(doc.get("data") or {}) if doc["kind"] in ("Secret", "ConfigMap") else set()
+        assert not [k for k in keys if k.startswith(("AWS_", "MLFLOW_S3_"))], doc["metadata"]["name"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -405,12 +411,12 @@ def test_eks_overlay(rendered: dict) -> None:
 
 def test_secret_env_files_are_git_ignored() -> None:
     overlay = K8S / "overlays" / "minikube"
-    for name in ("reload.env", "s3.env"):
+    for name in ("reload.env", "mlflow.env"):
         assert (overlay / f"{name}.example").is_file()
     require_executable("git", "apt-get install git")
     if not (REPO / ".git").exists():
         tool_unavailable("git metadata not available (not a clone)")
-    for name in ("reload.env", "s3.env"):
+    for name in ("reload.env", "mlflow.env"):
         proc = subprocess.run(
             ["git", "check-ignore", "-q", str(overlay / name)], cwd=REPO, capture_output=True, check=False
         )
