@@ -25,6 +25,8 @@ from sklearn.metrics import (
 )
 from sklearn.pipeline import Pipeline
 
+from healthpredict.audit import weighted_calibration_error
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -45,6 +47,7 @@ class Evaluation:
     threshold: float
     rows: int
     prevalence: float
+    calibration_error: float
 
     def as_metrics(self, prefix: str = "test_") -> dict[str, float]:
         return {f"{prefix}{key}": float(value) for key, value in asdict(self).items()}
@@ -54,6 +57,12 @@ def auc_if_defined(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC-AUC, or ``None`` when the labels hold one class only (then it is undefined)."""
     labels = np.asarray(labels)
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
+
+
+def calibration_error(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Expected calibration error over 10 quantile bins of the scores (:mod:`healthpredict.audit`)."""
+    y = np.asarray(y_true, dtype=np.float64)
+    return float(weighted_calibration_error(np.ones((1, len(y))), y, np.asarray(scores, dtype=np.float64))[0])
 
 
 def choose_threshold(y_true: np.ndarray, scores: np.ndarray, metric: str = "f1") -> float:
@@ -117,6 +126,7 @@ def evaluate_model(
         threshold=float(threshold),
         rows=len(y_true),
         prevalence=float(y_true.mean()),
+        calibration_error=calibration_error(y_true, scores),
     )
 
 

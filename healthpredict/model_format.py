@@ -11,6 +11,7 @@ from the model's own files.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sklearn.pipeline import Pipeline
 
 SERIALIZATION_FORMAT = "skops"
 MODEL_FILE = "model.skops"
+CARD_DIR = "card"  # the model card's files inside the model folder (healthpredict.model_card)
 
 #: The types outside scikit-learn's own that a logged pipeline may hold; loading refuses every other
 #: non-default type. Reviewed: each is rebuilt from plain state (arrays, numbers, XGBoost's model buffer);
@@ -40,9 +42,16 @@ def load_skops(path: Path | str) -> Any:
     return skops.io.load(path, trusted=list(TRUSTED_MODEL_TYPES))
 
 
-def save_model(sk_model: Pipeline, path: str, mlflow_model: Any = None, **kwargs: Any) -> None:
+def save_model(
+    sk_model: Pipeline,
+    path: str,
+    mlflow_model: Any = None,
+    card: Mapping[str, bytes] | None = None,
+    **kwargs: Any,
+) -> None:
     """The flavor's ``save_model``: MLflow's scikit-learn files (skops) plus this package as the model's code,
-    with the ``python_function`` flavor loaded by this module instead of ``mlflow.sklearn``."""
+    with the ``python_function`` flavor loaded by this module instead of ``mlflow.sklearn``; ``card`` (file name
+    → bytes) is written into the model's ``card/`` folder, so the model's digest covers it."""
     import mlflow
     from mlflow.models import Model
     from mlflow.pyfunc import FLAVOR_NAME, MAIN
@@ -52,6 +61,13 @@ def save_model(sk_model: Pipeline, path: str, mlflow_model: Any = None, **kwargs
         sk_model, path, mlflow_model=mlflow_model, serialization_format=SERIALIZATION_FORMAT,
         skops_trusted_types=list(TRUSTED_MODEL_TYPES), code_paths=[str(PACKAGE_DIR)], **kwargs,
     )  # fmt: skip
+    if card:
+        folder = Path(path) / CARD_DIR
+        folder.mkdir()
+        for name, content in card.items():
+            if Path(name).name != name:
+                raise ValueError(f"model card file {name!r} must be a plain file name")
+            (folder / name).write_bytes(content)
     pyfunc_flavor = mlflow_model.flavors[FLAVOR_NAME]
     pyfunc_flavor[MAIN] = __name__
     pyfunc_flavor.pop("predict_fn", None)

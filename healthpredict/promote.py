@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from healthpredict.registry import GateDecision, configure_tracking, gate_challenger, set_champion
+from healthpredict.gate import GateDecision, gate_challenger
+from healthpredict.registry import configure_tracking, set_champion
 from healthpredict.reporting import markdown_table
 from healthpredict.settings import Settings
 from healthpredict.split import SplitReader
@@ -21,9 +22,13 @@ class PromotionOutcome:
 
     def summary(self) -> str:
         d = self.decision
+        attributes = sorted(d.challenger_fnr_gaps)
         table = markdown_table(
-            ("model", "version", "holdout AUC"),
-            [("challenger", d.challenger_version, d.challenger_auc), ("champion", d.champion_version, d.champion_auc)],
+            ("model", "version", "holdout AUC", *(f"FNR gap by {a}" for a in attributes)),
+            [
+                ("challenger", d.challenger_version, d.challenger_auc, *(d.challenger_fnr_gaps[a] for a in attributes)),
+                ("champion", d.champion_version, d.champion_auc, *(d.champion_fnr_gaps.get(a) for a in attributes)),
+            ],
         )
         verdict = "PASSED" if d.passed else "REFUSED"
         return (

@@ -26,7 +26,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -34,7 +33,7 @@ from healthpredict import model_format
 from healthpredict.data import sha256_file
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
 from healthpredict.model_format import SERIALIZATION_FORMAT
-from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS, TARGET_COLUMN
+from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS
 from healthpredict.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,20 +147,31 @@ def _model_arguments(example: pd.DataFrame, metadata: dict[str, Any]) -> dict[st
     }
 
 
-def log_pipeline(pipeline: Pipeline, example: pd.DataFrame, metadata: dict[str, Any]) -> mlflow.models.model.ModelInfo:
-    """Log one fitted pipeline (:mod:`healthpredict.model_format`) with signature and input example.
+def log_pipeline(
+    pipeline: Pipeline,
+    example: pd.DataFrame,
+    metadata: dict[str, Any],
+    card: dict[str, bytes] | None = None,
+) -> mlflow.models.model.ModelInfo:
+    """Log one fitted pipeline (:mod:`healthpredict.model_format`) with signature, input example and model card.
 
     ``metadata`` must hold the decision ``threshold``; it travels in the MLmodel file with the model.
     """
     return Model.log(
-        artifact_path=None, name=MODEL_ARTIFACT, flavor=model_format, sk_model=pipeline,
+        artifact_path=None, name=MODEL_ARTIFACT, flavor=model_format, sk_model=pipeline, card=card,
         **_model_arguments(example, metadata),
     )  # fmt: skip
 
 
-def save_pipeline(pipeline: Pipeline, path: Path, example: pd.DataFrame, metadata: dict[str, Any]) -> None:
+def save_pipeline(
+    pipeline: Pipeline,
+    path: Path,
+    example: pd.DataFrame,
+    metadata: dict[str, Any],
+    card: dict[str, bytes] | None = None,
+) -> None:
     """Save a fitted pipeline as a model folder, exactly as :func:`log_pipeline` logs it."""
-    model_format.save_model(pipeline, str(path), **_model_arguments(example, metadata))
+    model_format.save_model(pipeline, str(path), card=card, **_model_arguments(example, metadata))
 
 
 #: Written into the model folder by MLflow when a version is registered (its name and version), not model content.
@@ -212,13 +222,16 @@ class LoadedModel:
     family: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # the search configuration it was refit with
+    explain_background: tuple[float, ...] | None = None  # encoded training mean (linear explanations)
+    card: dict[str, bytes] = field(default_factory=dict)  # the model card's files (healthpredict.model_card)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.pipeline.predict_proba(model_inputs(frame))[:, 1])
 
     def describe(self) -> dict[str, Any]:
         info = asdict(self)
-        info.pop("pipeline")
+        for bulky in ("pipeline", "explain_background", "card"):
+            info.pop(bulky)
         return info
 
 
@@ -232,7 +245,7 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, version or None, None
 
 
-def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tuple[Pipeline, Model]:
+def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tuple[Pipeline, Model, dict[str, bytes]]:
     """The pipeline and MLmodel of ``resolved``: its files first checked against ``expected_digest`` (a registered
     version's), then deserialised only by skops with the code's trusted types (:mod:`healthpredict.model_format`)."""
     try:
@@ -263,7 +276,9 @@ def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tupl
         raise RegistryError(f"{uri}: model cannot be loaded ({type(exc).__name__}: {exc})") from exc
     if not isinstance(pipeline, Pipeline):
         raise RegistryError(f"{uri}: expected an sklearn Pipeline, found {type(pipeline).__name__}")
-    return pipeline, info
+    card_dir = local / model_format.CARD_DIR
+    card = {path.name: path.read_bytes() for path in sorted(card_dir.iterdir())} if card_dir.is_dir() else {}
+    return pipeline, info, card
 
 
 def load_model(uri: str) -> LoadedModel:
@@ -291,7 +306,7 @@ def load_model(uri: str) -> LoadedModel:
             )
     else:
         expected_digest = None  # a model folder the operator points at: skops' type check still applies
-    pipeline, info = _load_pipeline(uri, resolved, expected_digest)
+    pipeline, info, card = _load_pipeline(uri, resolved, expected_digest)
     metadata = info.metadata or {}
     if "threshold" not in metadata:
         raise RegistryError(f"{uri}: the model carries no decision threshold in its metadata")
@@ -306,6 +321,10 @@ def load_model(uri: str) -> LoadedModel:
         family=metadata.get("family"),
         metrics={k: float(v) for k, v in (metadata.get("metrics") or {}).items()},
         params=dict(metadata.get("params") or {}),
+        explain_background=tuple(float(v) for v in background)
+        if (background := metadata.get("explain_background"))
+        else None,
+        card=card,
     )
 
 
@@ -316,74 +335,6 @@ def load_champion(settings: Settings) -> LoadedModel:
             f"registered model {settings.tracking.model_name!r} has no {CHAMPION!r} alias; promote a model first"
         )
     return load_model(alias_uri(settings, CHAMPION))
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The promotion gate's verdict, recorded on the challenger version and printed."""
-
-    passed: bool
-    reason: str
-    challenger_version: str
-    challenger_auc: float
-    champion_version: str | None
-    champion_auc: float | None
-    tolerance: float
-    holdout_rows: int
-
-    def as_tags(self) -> dict[str, str]:
-        return {
-            "gate.decision": "passed" if self.passed else "refused",
-            "gate.reason": self.reason,
-            "gate.challenger_auc": f"{self.challenger_auc:.6f}",
-            "gate.champion_auc": "" if self.champion_auc is None else f"{self.champion_auc:.6f}",
-            "gate.champion_version": self.champion_version or "",
-            "gate.tolerance": str(self.tolerance),
-            "gate.holdout_rows": str(self.holdout_rows),
-        }
-
-
-def holdout_auc(model: LoadedModel, holdout: pd.DataFrame) -> float:
-    return float(roc_auc_score(holdout[TARGET_COLUMN], model.predict_proba(holdout)))
-
-
-def gate_challenger(settings: Settings, holdout: pd.DataFrame) -> GateDecision:
-    """Compare ``challenger`` with ``champion`` on one holdout; record the decision on the challenger."""
-    name = settings.tracking.model_name
-    challenger_mv = version_by_alias(settings, CHALLENGER)
-    if challenger_mv is None:
-        raise RegistryError(f"registered model {name!r} has no {CHALLENGER!r} alias; run `healthpredict train` first")
-    challenger = load_model(version_uri(settings, challenger_mv.version))
-    challenger_auc = holdout_auc(challenger, holdout)
-    champion_mv = version_by_alias(settings, CHAMPION)
-    tolerance = settings.gates.tolerance
-    champion_auc: float | None = None
-    if champion_mv is None:
-        passed, reason = True, "no champion yet"
-    elif str(champion_mv.version) == str(challenger_mv.version):
-        passed, reason = True, "challenger is already the champion"
-        champion_auc = challenger_auc
-    else:
-        champion_auc = holdout_auc(load_model(version_uri(settings, champion_mv.version)), holdout)
-        passed = challenger_auc >= champion_auc - tolerance
-        relation = "within tolerance of or better than" if passed else "worse than"
-        reason = (
-            f"challenger AUC {challenger_auc:.4f} is {relation} champion AUC {champion_auc:.4f} (tolerance {tolerance})"
-        )
-    decision = GateDecision(
-        passed=passed,
-        reason=reason,
-        challenger_version=str(challenger_mv.version),
-        challenger_auc=challenger_auc,
-        champion_version=None if champion_mv is None else str(champion_mv.version),
-        champion_auc=champion_auc,
-        tolerance=tolerance,
-        holdout_rows=len(holdout),
-    )
-    client = MlflowClient()
-    for key, value in decision.as_tags().items():
-        client.set_model_version_tag(name, decision.challenger_version, key, value)
-    return decision
 
 
 def set_champion(settings: Settings, version: str) -> None:

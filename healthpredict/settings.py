@@ -305,18 +305,31 @@ class TrainingSettings:
     bootstrap_rounds: int = var(
         "HEALTHPREDICT_BOOTSTRAP_ROUNDS", 500, "patient-bootstrap rounds of the test CI", low=10
     )
+    audit_rounds: int = var(
+        "HEALTHPREDICT_AUDIT_BOOTSTRAP_ROUNDS", 200, "patient-bootstrap rounds of the subgroup audit's CIs", low=0
+    )
+    audit_min_group_rows: int = var(
+        "HEALTHPREDICT_AUDIT_MIN_GROUP_ROWS", 30, "smallest subgroup the audit compares (smaller: shown only)", low=1
+    )
     seed: int = var("HEALTHPREDICT_SEED", 42, "split and search seed")
 
 
 @dataclass(frozen=True, kw_only=True)
 class GateSettings:
-    """Registry gates: an absolute floor and the tolerance against the champion."""
+    """Registry gates: an absolute floor, and the tolerances against the champion (AUC, subgroup FNR gaps)."""
 
     auc_floor: float = var(
         "HEALTHPREDICT_AUC_FLOOR", 0.60, "a model below this test AUC is never registered", low=0, high=1
     )
     tolerance: float = var(
         "HEALTHPREDICT_GATE_TOLERANCE", 0.01, "the challenger may trail the champion by this AUC", low=0, high=1
+    )
+    fnr_gap_tolerance: float = var(
+        "HEALTHPREDICT_GATE_FNR_GAP_TOLERANCE",
+        0.05,
+        "the challenger's largest false-negative-rate gap between groups may exceed the champion's by this",
+        low=0,
+        high=1,
     )
 
 
@@ -341,6 +354,9 @@ class ServiceSettings:
     )
     reload_token: str | None = var("HEALTHPREDICT_RELOAD_TOKEN", None, "bearer token of POST /admin/reload")
     max_batch_records: int = var("HEALTHPREDICT_MAX_BATCH_RECORDS", 10_000, "records per batch request", low=1)
+    max_explain_records: int = var(
+        "HEALTHPREDICT_MAX_EXPLAIN_RECORDS", 1_000, "records per explanation batch request", low=1
+    )
     max_body_bytes: int = var(
         "HEALTHPREDICT_MAX_BODY_BYTES", 0, "largest accepted request body; larger ones get 413", low=1024,
         shown="max batch records × 2 KiB + 64 KiB",

@@ -7,18 +7,25 @@ AUC becomes a new version of the registered model with alias ``challenger`` if i
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
+from healthpredict.audit import subgroup_audit, subgroup_figure
 from healthpredict.evaluate import Evaluation, choose_threshold, evaluate_model, evaluation_figures
+from healthpredict.fast_inference.explain import FIELDS, Explainer
 from healthpredict.features import SAMPLE_WEIGHT_COLUMN, model_inputs, sample_weights
+from healthpredict.model_card import MARKDOWN_FILE, CardContext, card_files
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import (
     configure_tracking,
@@ -94,10 +101,17 @@ def _log_trials(search: SearchResult) -> None:
 
 
 def refit_and_evaluate(
-    family: Family, search: SearchResult, frames: dict[str, pd.DataFrame], settings: Settings, manifest_sha: str
+    family: Family,
+    search: SearchResult,
+    frames: dict[str, pd.DataFrame],
+    settings: Settings,
+    manifest: Mapping[str, Any],
+    drift_history: Sequence[Mapping[str, Any]] = (),
 ) -> FamilyResult:
-    """Refit the family's best configuration on train, pick its threshold on val, evaluate on test, log it."""
+    """Refit the family's best configuration on train, pick its threshold on val, evaluate and audit on test,
+    log it with its model card."""
     training = settings.training
+    manifest_sha = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     train, val, test = frames["train"], frames["val"], frames["test"]
     pipeline = build_pipeline(
         family, search.best.params, seed=training.seed, n_jobs=os.cpu_count() or 1, xgb_device=training.xgb_device
@@ -117,15 +131,23 @@ def refit_and_evaluate(
         test[TARGET_COLUMN].to_numpy(), test_scores, threshold, test["patient_nbr"].to_numpy(),
         training.bootstrap_rounds, training.seed,
     )  # fmt: skip
+    audit = subgroup_audit(
+        test, test[TARGET_COLUMN].to_numpy(), test_scores, threshold, rounds=training.audit_rounds,
+        seed=training.seed, min_group_rows=training.audit_min_group_rows,
+    )  # fmt: skip
+    background = pipeline[:-1].transform(model_inputs(train)).mean(axis=0) if family == "logreg" else None
+    importance = global_importance(pipeline, test, background)
     with mlflow.start_run(run_name=f"best-{family}", nested=True) as run:
         mlflow.set_tags({"kind": "family-best", "family": family, "data.manifest_sha256": manifest_sha})
         mlflow.log_params({f"hp.{k}": v for k, v in search.best.params.items()})
-        mlflow.log_metrics({"val_auc": val_auc, **evaluation.as_metrics()})
-        for name, figure in evaluation_figures(
-            test[TARGET_COLUMN].to_numpy(), test_scores, threshold, pipeline, family
-        ).items():
+        mlflow.log_metrics({"val_auc": val_auc, **evaluation.as_metrics(), **audit.as_metrics("test_")})
+        figures = evaluation_figures(test[TARGET_COLUMN].to_numpy(), test_scores, threshold, pipeline, family)
+        figures["subgroup_false_negative_rate.png"] = subgroup_figure(audit, "false_negative_rate", family)
+        for name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{name}")
-        metadata = {
+        mlflow.log_table(pd.DataFrame(audit.as_records()), "audit/test_subgroups.json")
+        mlflow.log_table(pd.DataFrame(importance, columns=["field", "mean_abs_contribution"]), "explain/global.json")
+        metadata: dict[str, Any] = {
             "threshold": threshold,
             "threshold_metric": training.threshold_metric,
             "family": family,
@@ -134,8 +156,39 @@ def refit_and_evaluate(
             "metrics": {"val_auc": val_auc, **evaluation.as_metrics()},
             "data_manifest_sha256": manifest_sha,
         }
-        info = log_pipeline(pipeline, train, metadata)
+        if background is not None:
+            metadata["explain_background"] = [float(v) for v in background]
+        card = card_files(
+            CardContext(
+                model_name=settings.tracking.model_name, family=family, run_id=run.info.run_id,
+                target=settings.data.target, threshold=threshold, threshold_metric=training.threshold_metric,
+                val_auc=val_auc, evaluation=evaluation, audit=audit, importance=importance, manifest=manifest,
+                calibration_png=png_bytes(figures["calibration.png"]), drift_history=drift_history,
+                rows={name: len(frame) for name, frame in (("train", train), ("validation", val), ("test", test))},
+            )
+        )  # fmt: skip
+        mlflow.log_text(card[MARKDOWN_FILE].decode(), "model_card.md")
+        info = log_pipeline(pipeline, train, metadata, card=card)
     return FamilyResult(family, search, val_auc, evaluation, run.info.run_id, info.model_uri)
+
+
+#: Test rows explained for the global importance of the input fields (enough for a stable mean).
+IMPORTANCE_ROWS = 5000
+
+
+def global_importance(
+    pipeline: Any, frame: pd.DataFrame, background: Any = None, rows: int = IMPORTANCE_ROWS
+) -> list[tuple[str, float]]:
+    """Mean absolute log-odds contribution of each input field over (up to ``rows`` of) ``frame``, largest first."""
+    explanations = Explainer(pipeline, background).explain_frame(model_inputs(frame.head(rows)))
+    means = np.abs(explanations.contributions).mean(axis=0)
+    return sorted(zip(FIELDS, (float(m) for m in means), strict=True), key=lambda item: -item[1])
+
+
+def png_bytes(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def train_models(
@@ -143,11 +196,13 @@ def train_models(
     frames: dict[str, pd.DataFrame] | None = None,
     run_name: str | None = None,
     start_from: Mapping[str, Mapping[str, Any]] | None = None,
+    drift_history: Sequence[Mapping[str, Any]] = (),
 ) -> TrainingResult:
     """The ``healthpredict train`` command: search → refit → evaluate → register the challenger.
 
-    ``frames`` (train/val/test) defaults to the current split; continuous improvement passes its own window, and
-    ``start_from`` (family → configuration, e.g. the champion's) as the first trial of that family's search.
+    ``frames`` (train/val/test) defaults to the current split; continuous improvement passes its own window,
+    ``start_from`` (family → configuration, e.g. the champion's) as the first trial of that family's search, and
+    the ``drift_history`` of the batches seen so far for the model card.
     """
     started = time.monotonic()
     reader = SplitReader(settings)
@@ -188,7 +243,7 @@ def train_models(
                     skipped.append(family)
                     continue
                 _log_trials(search)
-                results.append(refit_and_evaluate(family, search, frames, settings, manifest_sha))
+                results.append(refit_and_evaluate(family, search, frames, settings, reader.manifest, drift_history))
         mlflow.set_tag("skipped_families", ",".join(skipped) or "none")
         if not results:
             raise RuntimeError(f"no family finished a trial within the {training.time_budget_s} s budget")

@@ -21,6 +21,7 @@ from service.controllers import (
     error_response,
     metrics_endpoint,
 )
+from service.explain import ExplainController
 from service.limits import RequestLimits
 from service.metrics import ServiceMetrics
 from service.model_manager import ModelManager
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         render_plugins=[SwaggerRenderPlugin()],
     )
     return Litestar(
-        route_handlers=[PredictionController, HealthController, AdminController, metrics_endpoint],
+        route_handlers=[PredictionController, ExplainController, HealthController, AdminController, metrics_endpoint],
         state=State({"service": state}),
         on_startup=[start],
         on_shutdown=[stop],

@@ -26,6 +26,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from healthpredict.fast_inference import FastPredictor, compile_verified
+from healthpredict.fast_inference.explain import Explainer
 from healthpredict.features import MODEL_INPUT_COLUMNS
 from healthpredict.registry import LoadedModel, RegistryError, configure_model_source, load_model, parse_models_uri
 from healthpredict.settings import Settings
@@ -53,6 +54,8 @@ class ServedModel:
     threshold: float
     version: str
     loaded_at: dt.datetime
+    explainer: Explainer | None = None  # None: explanations unavailable (see explain_error)
+    explain_error: str | None = None
 
     def predict_rows(self, rows: Sequence[Any], to_row: Callable[[Any], Sequence[Any]] | None = None) -> Any:
         return self.predictor.predict_rows(rows, to_row)
@@ -71,6 +74,7 @@ def build_served_model(info: LoadedModel, runtime: str = "auto") -> ServedModel:
     single = [float(predictor.predict_rows([row])[0]) for row in rows]  # warm-up of the one-record path
     if max(abs(a - b) for a, b in zip(batch, single, strict=True)) > 1e-9:
         raise RegistryError(f"{info.uri}: single-record and batch encodings disagree")
+    explainer, explain_error = verified_explainer(info, rows, batch)
     version = info.version or info.run_id or info.uri
     return ServedModel(
         predictor=predictor,
@@ -78,7 +82,34 @@ def build_served_model(info: LoadedModel, runtime: str = "auto") -> ServedModel:
         threshold=info.threshold,
         version=str(version),
         loaded_at=dt.datetime.now(dt.UTC),
+        explainer=explainer,
+        explain_error=explain_error,
     )
+
+
+#: Explanations must reproduce the served probabilities this closely, or they are not offered.
+EXPLAIN_TOLERANCE = 1e-5
+
+
+def verified_explainer(
+    info: LoadedModel, rows: Sequence[Sequence[Any]], served: Any
+) -> tuple[Explainer | None, str | None]:
+    """The model's explainer, checked (and warmed) on the verification rows: its probabilities must equal the
+    predictor's. A model that cannot be explained still serves predictions; ``/v1/explain`` then says why."""
+    try:
+        explainer = Explainer(info.pipeline, info.explain_background)
+        explained = explainer.explain_rows(rows)
+        for k in range(len(rows)):
+            explainer.explain_rows([rows[k]])
+    except Exception as exc:
+        log.error("explanations unavailable for %s: %s: %s", info.uri, type(exc).__name__, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+    difference = float(max(abs(a - b) for a, b in zip(explained.probabilities, served, strict=True)))
+    if difference > EXPLAIN_TOLERANCE:
+        message = f"explanations differ from the served probabilities by {difference:.2e} (> {EXPLAIN_TOLERANCE})"
+        log.error("explanations unavailable for %s: %s", info.uri, message)
+        return None, message
+    return explainer, None
 
 
 class ModelManager:
@@ -267,4 +298,5 @@ def describe(manager: ModelManager) -> dict[str, Any]:
         "threshold": served.threshold,
         "runtime": served.predictor.description,
         "loaded_at": served.loaded_at,
+        "explanations": served.explainer.method if served.explainer else f"unavailable: {served.explain_error}",
     }

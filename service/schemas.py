@@ -116,6 +116,34 @@ class BatchResponse(Struct, kw_only=True):
     model_version: str
 
 
+class FieldContribution(Struct, kw_only=True):
+    field: str
+    contribution: float  # log-odds
+
+
+class Explanation(Struct, kw_only=True):
+    """One encounter: ``base_value + sum(contributions.values()) == logit`` and ``probability = sigmoid(logit)``."""
+
+    probability: Probability
+    label: Label
+    logit: float
+    contributions: dict[str, float]  # every input field's log-odds contribution
+    top: list[FieldContribution]  # the largest by magnitude, largest first
+
+
+class ExplainResponse(Explanation, kw_only=True):
+    base_value: float  # log-odds of the model's expected output, the same for every encounter
+    threshold: float
+    model_version: str
+
+
+class ExplainBatchResponse(Struct, kw_only=True):
+    explanations: list[Explanation]
+    base_value: float
+    threshold: float
+    model_version: str
+
+
 class ModelDescription(Struct, kw_only=True):
     """The model being served (or ``status: "not loaded"``) and the outcome of the last reload attempt."""
 
@@ -129,6 +157,7 @@ class ModelDescription(Struct, kw_only=True):
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
     threshold: float | None = None
     runtime: str | None = None
+    explanations: str | None = None  # the explainer in use, or why there is none
     loaded_at: dt.datetime | None = None
     last_reload_error: str | None = None
     last_reload_error_at: dt.datetime | None = None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from healthpredict.audit import SubgroupAudit, subgroup_audit
 from healthpredict.drift import DriftResult, batch_part_name, check_drift, require_model_inputs
 from healthpredict.evaluate import auc_if_defined
 from healthpredict.improve.policy import decide_retraining, holdout_split, is_forced, training_window
@@ -112,6 +113,7 @@ class LoopState:
     reference: pd.DataFrame  # the champion's training data, the drift reference
     seen: list[pd.DataFrame] = field(default_factory=list)  # the batches so far, newest last
     behind: int = 0  # labelled batches the champion has not been trained on
+    history: list[dict[str, object]] = field(default_factory=list)  # per batch so far: drift, AUC (model card)
 
 
 def improve(settings: Settings, options: ImprovementOptions | None = None) -> ImprovementResult:
@@ -131,7 +133,7 @@ def improve(settings: Settings, options: ImprovementOptions | None = None) -> Im
     decisions: list[BatchDecision] = []
     for index, name in enumerate(names):
         frame, injected = arriving_batch(reader, name, index, options)
-        record, drift = score_and_check(settings, state, name, frame, injected)  # steps 1-2
+        record, drift, audit = score_and_check(settings, state, name, frame, injected)  # steps 1-2
         trigger = decide_retraining(  # step 3
             record.drift_share, record.auc_before, record.baseline_auc, settings.improvement,
             is_forced(name, options.force), batches_behind=state.behind,
@@ -146,7 +148,7 @@ def improve(settings: Settings, options: ImprovementOptions | None = None) -> Im
         if trigger.retrain:
             record = retrain_gate_deploy(settings, state, initial, frame, record, options)  # steps 4-5
         log.info("batch %d of %d (%s): %s (%s)", index + 1, len(names), name, record.decision, record.reason)
-        decisions.append(replace(record, run_id=log_decision(settings, experiment_id, record, drift)))
+        decisions.append(replace(record, run_id=log_decision(settings, experiment_id, record, drift, audit)))
     return summarise(settings, decisions, names, options, experiment_id, time.monotonic() - started)
 
 
@@ -177,8 +179,8 @@ def arriving_batch(
 
 def score_and_check(
     settings: Settings, state: LoopState, name: str, frame: pd.DataFrame, injected: str | None
-) -> tuple[BatchDecision, DriftResult]:
-    """Steps 1-2: score with the champion, check drift and evaluate, before anything trains on this batch."""
+) -> tuple[BatchDecision, DriftResult, SubgroupAudit]:
+    """Steps 1-2: score with the champion, check drift, evaluate and audit, before anything trains on this batch."""
     champion = state.champion
     predictions_uri, scores = write_predictions(settings, name, frame, champion)
     drift = check_drift(state.reference, frame, champion, settings.drift)
@@ -186,15 +188,24 @@ def score_and_check(
     auc_before = auc_if_defined(labels, scores)
     same = state.frozen.version == champion.version
     frozen_auc = auc_before if same else auc_if_defined(labels, state.frozen.predict_proba(frame))
+    training = settings.training
+    audit = subgroup_audit(
+        frame, labels, scores, champion.threshold, rounds=training.audit_rounds, seed=training.seed,
+        min_group_rows=training.audit_min_group_rows,
+    )  # fmt: skip
     state.seen.append(frame)
     state.behind += 1
+    state.history.append(
+        {"batch": name, "rows": len(frame), "drift share": drift.drift_share, "champion": f"v{champion.version}",
+         "champion AUC": auc_before, "FNR gap by race": audit.gap("race", "false_negative_rate")}
+    )  # fmt: skip
     record = BatchDecision(
         batch=name, rows=len(frame), decision="keep", reason="", champion_before=str(champion.version),
         champion_after=str(champion.version), drift_share=drift.drift_share, dataset_drift=drift.dataset_drift,
         auc_before=auc_before, baseline_auc=champion_test_auc(champion), frozen_auc=frozen_auc,
-        predictions_uri=predictions_uri, injected=injected,
+        predictions_uri=predictions_uri, injected=injected, fnr_gap_race=audit.gap("race", "false_negative_rate"),
     )  # fmt: skip
-    return record, drift
+    return record, drift, audit
 
 
 def retrain_gate_deploy(
@@ -213,7 +224,9 @@ def retrain_gate_deploy(
     window = training_window(initial, state.seen, policy.training_window, policy.recency_half_life)
     frames = holdout_split(window, frame, policy.holdout_fraction, settings.data.val_fraction, options.seed)
     incumbent = {champion.family: champion.params} if champion.family and champion.params else None
-    training = train_models(settings, frames=frames, run_name=f"improve-{record.batch}", start_from=incumbent)
+    training = train_models(
+        settings, frames=frames, run_name=f"improve-{record.batch}", start_from=incumbent, drift_history=state.history
+    )
     record = replace(
         record, training_run_id=training.parent_run_id, challenger_version=training.registered_version,
         training_rows=len(frames["train"]) + len(frames["val"]), holdout_rows=len(frames["test"]),

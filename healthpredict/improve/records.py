@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from healthpredict.audit import SubgroupAudit
 from healthpredict.drift import DriftResult
 from healthpredict.reporting import markdown_table
 from healthpredict.settings import ImprovementSettings, Settings
@@ -38,6 +39,7 @@ class BatchDecision:
     predictions_uri: str = ""
     injected: str | None = None
     run_id: str | None = None
+    fnr_gap_race: float | None = None  # the champion's largest false-negative-rate gap between races, this batch
 
     @property
     def retrained(self) -> bool:
@@ -88,8 +90,16 @@ def _mean(values: list[float | None]) -> float:
     return float(np.mean(present)) if present else float("nan")
 
 
-def log_decision(settings: Settings, experiment_id: str, record: BatchDecision, drift: DriftResult) -> str:
+def log_decision(
+    settings: Settings,
+    experiment_id: str,
+    record: BatchDecision,
+    drift: DriftResult,
+    audit: SubgroupAudit | None = None,
+) -> str:
+    """One MLflow run per batch: the decision, drift, the champion's AUC and its subgroup audit on the batch."""
     import mlflow
+    import pandas as pd
 
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"improve-{record.batch}") as run:
         mlflow.set_tags({
@@ -106,6 +116,9 @@ def log_decision(settings: Settings, experiment_id: str, record: BatchDecision, 
             "prediction_drift": drift.prediction.statistic if drift.prediction else None,
         }  # fmt: skip
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        if audit is not None:
+            mlflow.log_metrics(audit.as_metrics("batch_"))
+            mlflow.log_table(pd.DataFrame(audit.as_records()), "audit/batch_subgroups.json")
         return str(run.info.run_id)
 
 

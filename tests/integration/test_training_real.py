@@ -12,12 +12,12 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
+from healthpredict.gate import gate_challenger
 from healthpredict.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
     configure_tracking,
-    gate_challenger,
     load_model,
     version_by_alias,
 )
@@ -45,10 +45,15 @@ def test_search_tracks_every_trial_and_registers_a_challenger(trained_home: Path
     for run in bests:
         names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert names == {
-            f"plots/{n}.png" for n in ("roc", "pr", "calibration", "confusion_matrix", "feature_importance")
-        }
-        for metric in ("test_roc_auc", "test_pr_auc", "test_brier", "test_log_loss", "test_f1", "test_roc_auc_ci_low"):
+            f"plots/{n}.png"
+            for n in ("roc", "pr", "calibration", "confusion_matrix", "feature_importance",
+                      "subgroup_false_negative_rate")
+        }  # fmt: skip
+        for metric in ("test_roc_auc", "test_pr_auc", "test_brier", "test_log_loss", "test_f1", "test_roc_auc_ci_low",
+                       "test_calibration_error", "test_race_false_negative_rate_gap"):  # fmt: skip
             assert metric in run.data.metrics
+        audit = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/audit/test_subgroups.json")
+        assert {"race", "gender", "age_band"} == set(audit["data"][i][0] for i in range(len(audit["data"])))
         assert run.data.metrics["test_roc_auc_ci_low"] < run.data.metrics["test_roc_auc"] < run.data.metrics[
             "test_roc_auc_ci_high"]  # fmt: skip
     assert "leaderboard.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -67,6 +72,13 @@ def test_search_tracks_every_trial_and_registers_a_challenger(trained_home: Path
     assert auc == pytest.approx(summary["test_auc"], abs=1e-9)
     assert model.version == "1" and 0.0 < model.threshold < 1.0
     assert model.pipeline.steps[0][0] == "features"  # one pipeline, preprocessing included
+
+    # the model carries its card, generated from the run: the test AUC and its CI as logged, the subgroups
+    card = model.card["model_card.md"].decode()
+    assert f"| ROC-AUC | {float(challenger.tags['test_auc']):.3f} [" in card
+    assert "## Subgroups" in card and "| race | AfricanAmerican |" in card and "## Limitations" in card
+    assert {"model_card.md", "model_card.html", "calibration.png"} <= set(model.card)
+    assert model.card["model_card.html"].startswith(b"<!doctype html>")
 
 
 def _register(settings: Settings, pipeline: Pipeline, train: pd.DataFrame) -> str:
@@ -107,6 +119,43 @@ def test_gate_refuses_a_worse_challenger_and_keeps_the_champion(real_split_home:
     assert tags["gate.decision"] == "refused" and float(tags["gate.champion_auc"]) == pytest.approx(
         decision.champion_auc
     )
+
+
+def test_gate_refuses_a_challenger_that_misses_one_groups_readmissions(real_split_home: Path, tmp_path: Path) -> None:
+    """A challenger as accurate overall but trained as if African American patients were never readmitted: the
+    fairness gate refuses it even with an AUC tolerance that would let it through."""
+    from healthpredict.features import model_inputs
+    from healthpredict.gate import gate_challenger
+    from healthpredict.modeling import build_pipeline
+
+    env = training_env(tmp_path / "home", real_split_home, HEALTHPREDICT_GATE_TOLERANCE="0.2")
+    settings = Settings.from_env(env)
+    configure_tracking(settings)
+    reader = SplitReader(settings)
+    train, test = reader.read("train"), reader.read("test")
+    fair = build_pipeline("logreg", {"C": 0.05}, seed=0).fit(model_inputs(train), train["readmitted_binary"])
+    first = _register(settings, fair, train)
+    MlflowClient().set_registered_model_alias(settings.tracking.model_name, CHAMPION, first)
+
+    biased_labels = train["readmitted_binary"].where(train["race"].ne("AfricanAmerican"), 0)
+    unfair = build_pipeline("logreg", {"C": 0.05}, seed=0).fit(model_inputs(train), biased_labels)
+    second = _register(settings, unfair, train)
+    decision = gate_challenger(settings, test)
+
+    assert not decision.passed, decision.reason
+    assert decision.challenger_auc > decision.champion_auc - 0.2  # the AUC gate alone would pass it
+    assert decision.challenger_fnr_gaps["race"] > decision.champion_fnr_gaps["race"] + 0.05
+    assert "false-negative-rate gap by race" in decision.reason and "95% confidence" in decision.reason
+    tags = MlflowClient().get_model_version(settings.tracking.model_name, second).tags
+    assert tags["gate.decision"] == "refused"
+    assert float(tags["gate.challenger_fnr_gap.race"]) == pytest.approx(decision.challenger_fnr_gaps["race"], abs=1e-6)
+    champion = version_by_alias(settings, CHAMPION)
+    assert champion is not None and str(champion.version) == first
+
+    # the same model against itself (a retrain that changed nothing) passes the fairness gate
+    third = _register(settings, fair, train)
+    again = gate_challenger(settings, test)
+    assert again.passed and again.challenger_version == third, again.reason
 
 
 def test_unreachable_tracking_server_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,0 +1,137 @@
+"""The subgroup audit: point estimates equal fairlearn's MetricFrame and scikit-learn, the patient bootstrap
+resamples patients, gaps compare only groups large enough."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import MetricFrame, false_negative_rate, false_positive_rate, selection_rate
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from healthpredict.audit import (
+    METRICS,
+    patient_weights,
+    sensitive_groups,
+    subgroup_audit,
+    weighted_calibration_error,
+)
+from healthpredict.evaluate import calibration_error
+
+pytestmark = pytest.mark.unit
+
+
+def make_frame(n: int = 3000, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    race = rng.choice(["Caucasian", "AfricanAmerican", "Hispanic", "Asian", "Other", None], n,
+                      p=[0.7, 0.18, 0.04, 0.02, 0.03, 0.03])  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "race": pd.Series(race, dtype=object),
+            "gender": rng.choice(["Female", "Male"], n),
+            "age": rng.choice([f"[{a}-{a + 10})" for a in range(0, 100, 10)], n),
+            "patient_nbr": rng.integers(0, n // 2, n),  # about two encounters per patient
+        }
+    )
+    labels = rng.integers(0, 2, n)
+    scores = np.clip(0.35 * labels + rng.normal(0.35, 0.2, n), 0.001, 0.999).round(3)  # ties on purpose
+    return frame, labels, scores
+
+
+def test_groups_follow_the_documented_rules() -> None:
+    frame = pd.DataFrame(
+        {
+            "race": [None, "Hispanic", "Asian", "Caucasian"],
+            "gender": ["Male", "Female", None, "Male"],
+            "age": ["[30-40)", "[40-50)", "[70-80)", "[90-100)"],
+        }
+    )
+    groups = sensitive_groups(frame)
+    assert groups["race"].tolist() == ["missing", "Other", "Other", "Caucasian"]
+    assert groups["gender"].tolist() == ["Male", "Female", "missing", "Male"]
+    assert groups["age_band"].tolist() == ["<40", "40-59", "60-79", "80+"]
+
+
+def test_point_estimates_equal_fairlearn_and_sklearn() -> None:
+    frame, labels, scores = make_frame()
+    threshold = 0.5
+    audit = subgroup_audit(frame, labels, scores, threshold, rounds=0)
+    flagged = (scores >= threshold).astype(int)
+    for attribute, groups in sensitive_groups(frame).items():
+        frame_metrics = MetricFrame(
+            metrics={
+                "selection_rate": selection_rate,
+                "false_negative_rate": false_negative_rate,
+                "false_positive_rate": false_positive_rate,
+            },
+            y_true=labels,
+            y_pred=flagged,
+            sensitive_features=groups.to_numpy(dtype=str),
+        )
+        by_group = frame_metrics.by_group
+        for result in (g for g in audit.groups if g.attribute == attribute):
+            expected = by_group.loc[result.group]
+            for metric in ("selection_rate", "false_negative_rate", "false_positive_rate"):
+                assert result.values[metric] == pytest.approx(expected[metric], abs=1e-12), (attribute, metric)
+            rows = (groups == result.group).to_numpy()
+            assert result.rows == rows.sum()
+            assert result.values["roc_auc"] == pytest.approx(roc_auc_score(labels[rows], scores[rows]), abs=1e-12)
+            assert result.values["brier"] == pytest.approx(brier_score_loss(labels[rows], scores[rows]), abs=1e-12)
+            assert result.values["prevalence"] == pytest.approx(labels[rows].mean())
+    gap = next(g for g in audit.gaps() if (g.attribute, g.metric) == ("race", "false_negative_rate"))
+    fnr = frame_metrics_for(frame, labels, flagged, "race")
+    assert gap.largest_gap == pytest.approx(fnr.max() - fnr.min())
+    assert gap.smallest_ratio == pytest.approx(fnr.min() / fnr.max())
+
+
+def frame_metrics_for(frame: pd.DataFrame, labels: np.ndarray, flagged: np.ndarray, attribute: str) -> pd.Series:
+    groups = sensitive_groups(frame)[attribute].to_numpy(dtype=str)
+    return MetricFrame(metrics=false_negative_rate, y_true=labels, y_pred=flagged, sensitive_features=groups).by_group
+
+
+def test_calibration_error_by_hand() -> None:
+    scores = np.repeat(np.linspace(0.05, 0.95, 10), 10)
+    labels = np.zeros(100)
+    labels[::10] = 1  # 10% positives in every bin
+    expected = np.mean(np.abs(np.linspace(0.05, 0.95, 10) - 0.1))
+    assert calibration_error(labels, scores) == pytest.approx(expected)
+    perfect = np.r_[np.zeros(50), np.ones(50)]
+    assert calibration_error(perfect, perfect) == pytest.approx(0.0)
+    # integer weights equal repeated rows
+    w = np.arange(1, 101, dtype=float)[None, :] % 3 + 1
+    repeated = np.repeat(np.arange(100), w[0].astype(int))
+    weighted = weighted_calibration_error(w, labels, scores)[0]
+    assert weighted == pytest.approx(calibration_error(labels[repeated], scores[repeated]), abs=0.02)
+
+
+def test_bootstrap_resamples_whole_patients_and_brackets_the_estimate() -> None:
+    frame, labels, scores = make_frame()
+    weights = patient_weights(frame["patient_nbr"].to_numpy(), rounds=50, seed=3)
+    same_patient = frame.groupby("patient_nbr").indices
+    for rows in list(same_patient.values())[:200]:
+        assert (weights[:, rows] == weights[:, rows[:1]]).all()  # a patient's encounters are drawn together
+    assert np.allclose(weights.sum(axis=1) / len(frame), 1.0, atol=0.1)
+    audit = subgroup_audit(frame, labels, scores, 0.5, rounds=200, seed=0)
+    again = subgroup_audit(frame, labels, scores, 0.5, rounds=200, seed=0)
+    assert audit.as_records() == again.as_records()  # seeded
+    for group in audit.groups:
+        if group.rows >= 300:
+            for metric in METRICS:
+                assert group.ci_low[metric] <= group.values[metric] <= group.ci_high[metric], (group.group, metric)
+
+
+def test_small_groups_are_shown_but_not_compared() -> None:
+    frame, labels, scores = make_frame()
+    audit = subgroup_audit(frame, labels, scores, 0.5, rounds=0, min_group_rows=100)
+    small = {g.group for g in audit.groups if g.attribute == "race" and not g.compared}
+    assert small == {"missing"}  # about 3% of 3000 rows
+    gap = next(g for g in audit.gaps() if (g.attribute, g.metric) == ("race", "false_negative_rate"))
+    assert "missing" not in gap.groups
+    metrics = audit.as_metrics("test_")
+    assert metrics["test_race_false_negative_rate_gap"] == gap.largest_gap
+
+
+def test_mismatched_lengths_are_refused() -> None:
+    frame, labels, scores = make_frame(100)
+    with pytest.raises(ValueError, match="one label and score per row"):
+        subgroup_audit(frame, labels[:-1], scores, 0.5)
