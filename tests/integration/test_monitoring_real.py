@@ -5,6 +5,7 @@ rules evaluated by Prometheus, and every dashboard query answered with data."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,19 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, free_port, make_settings, require_executable, stop_process, wait_for_http
 from test_fast_inference_real import fitted_pipeline, real_parts, request_bodies
 
-from healthpredict.drift import DriftResult, check_drift
+from healthpredict.drift import DriftResult, check_drift, monitor_batch
 from healthpredict.evaluate import auc_if_defined
 from healthpredict.features import MODEL_INPUT_COLUMNS
+from healthpredict.improve import ImprovementOptions, improve
 from healthpredict.improve.records import BatchDecision
 from healthpredict.monitoring import DRIFT_JOB, IMPROVEMENT_JOB, publish_decision, publish_drift
-from healthpredict.registry import LoadedModel, save_pipeline
+from healthpredict.registry import (
+    LoadedModel,
+    configure_tracking,
+    log_pipeline,
+    register_challenger,
+    save_pipeline,
+    set_champion,
+)
 from healthpredict.schema import TARGET_COLUMN
-from healthpredict.split import SplitReader
+from healthpredict.settings import ImprovementSettings
+from healthpredict.split import SPLIT_DIR, SplitReader
 
 pytestmark = pytest.mark.integration
 
@@ -237,3 +248,59 @@ def test_every_dashboard_query_is_answered_with_data(stack: Stack, drift: DriftR
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.rstrip().endswith("0 failed") and "EMPTY" not in proc.stdout
+
+
+# The two tests below replace the pushed groups, so they run last.
+
+
+@pytest.fixture(scope="module")
+def champion_home(real_split_home: Path, tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> Path:
+    """A home over a private copy of the real split, tracking in its own sqlite, with the model as champion."""
+    home = tmp_path_factory.mktemp("monitored-registry")
+    shutil.copytree(real_split_home / "artifacts" / SPLIT_DIR, home / "artifacts" / SPLIT_DIR)
+    settings = make_settings(home, HEALTHPREDICT_ARTIFACT_URI=str(home / "artifacts"))
+    train = SplitReader(settings).read("train")
+    configure_tracking(settings)
+    with mlflow.start_run(run_name="monitoring-test-champion"):
+        info = log_pipeline(
+            model.pipeline, train.head(50), {"threshold": 0.5, "family": "logreg", "metrics": model.metrics}
+        )
+    set_champion(settings, str(register_challenger(settings, info.model_uri, {"source": "monitoring-test"}).version))
+    return home
+
+
+def pushed_groups(stack: Stack) -> str:
+    return httpx.get(f"{stack.pushgateway}/metrics").text
+
+
+def test_the_drift_check_pushes_its_result(stack: Stack, champion_home: Path, drift: DriftResult) -> None:
+    settings = make_settings(
+        champion_home, HEALTHPREDICT_ARTIFACT_URI=str(champion_home / "artifacts"),
+        HEALTHPREDICT_PUSHGATEWAY_URL=stack.pushgateway,
+    )  # fmt: skip
+    result = monitor_batch(settings, 2, html_report=False)
+    assert result.batch == "batch_02" and result.model_version == "1"
+    series = wait_for_value(stack, f'healthpredict_batch_drift_share{{job="{DRIFT_JOB}"}}', result.drift_share)
+    assert series[0]["metric"]["batch"] == "batch_02" and series[0]["metric"]["model_version"] == "1"
+    assert f'healthpredict_batch_rows{{batch="batch_02",instance="",job="{DRIFT_JOB}",model_version="1"}}' in (
+        pushed_groups(stack)
+    )
+    assert 'batch="batch_06",instance="",job="healthpredict_drift"' not in pushed_groups(stack)  # group replaced
+
+
+def test_the_improvement_loop_pushes_each_batch(stack: Stack, champion_home: Path) -> None:
+    settings = make_settings(
+        champion_home, HEALTHPREDICT_ARTIFACT_URI=str(champion_home / "artifacts"),
+        HEALTHPREDICT_PUSHGATEWAY_URL=stack.pushgateway,
+    )  # fmt: skip
+    keep = ImprovementSettings(retrain_drift_share=0.9, retrain_auc_drop=0.5, retrain_every=0, experiment="monitoring")
+    result = improve(replace(settings, improvement=keep), ImprovementOptions(batches=2))
+    assert [d.decision for d in result.decisions] == ["keep", "keep"]
+    last = result.decisions[-1]
+    decision = f'healthpredict_improvement_decision{{job="{IMPROVEMENT_JOB}",decision="keep",champion_after="1"}}'
+    series = wait_for_value(stack, decision, 1)
+    assert series[0]["metric"]["batch"] == "batch_02" == last.batch
+    wait_for_value(stack, f'healthpredict_batch_drift_share{{job="{IMPROVEMENT_JOB}"}}', last.drift_share)
+    wait_for_value(stack, f'healthpredict_auc_drop_tolerance{{job="{IMPROVEMENT_JOB}"}}', 0.5)
+    assert last.auc_before is not None
+    wait_for_value(stack, f'healthpredict_batch_roc_auc{{job="{IMPROVEMENT_JOB}"}}', last.auc_before)
