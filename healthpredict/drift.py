@@ -48,6 +48,7 @@ from sklearn.metrics import brier_score_loss
 
 from healthpredict.evaluate import auc_if_defined
 from healthpredict.features import CATEGORICAL_FEATURES, MODEL_INPUT_COLUMNS, NUMERIC_FEATURES, engineer_features
+from healthpredict.monitoring import publish_drift
 from healthpredict.registry import LoadedModel, RegistryError, configure_tracking, ensure_experiment, load_champion
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
@@ -108,6 +109,8 @@ class DriftResult:
     prediction: FeatureDrift | None = None
     target: FeatureDrift | None = None
     performance: Performance | None = None
+    estimated_roc_auc: float | None = None  # from the champion's scores alone: :func:`estimated_roc_auc`
+    reference_roc_auc: float | None = None  # the champion's own test AUC, the yardstick of an AUC drop
     batch: str | None = None
     model_version: str | None = None
     run_id: str | None = None
@@ -148,6 +151,8 @@ class DriftResult:
             metrics["label_drift"] = self.target.statistic
         if self.performance is not None:
             metrics.update(self.performance.as_metrics())
+        if self.estimated_roc_auc is not None:
+            metrics["estimated_roc_auc"] = self.estimated_roc_auc
         metrics.update({f"feature.{f.feature}": f.statistic for f in self.features})
         return metrics
 
@@ -249,6 +254,32 @@ def performance_on(labels: np.ndarray, scores: np.ndarray, bins: int) -> Perform
     )
 
 
+def estimated_roc_auc(scores: np.ndarray) -> float | None:
+    """The ROC-AUC the scores would have if they were calibrated, known before any label arrives.
+
+    Each row counts as positive with probability equal to its score (confidence-based performance estimation):
+    the expected number of (positive, negative) pairs the scores rank right, ties counting half, over the
+    expected number of pairs. It follows the measured AUC while the champion stays calibrated on the batch, and
+    parts from it when calibration breaks (a label shift the features do not show); ``None`` when no pair can be
+    expected (every score 0, or every score 1). Exact in O(n log n): rows with equal scores are grouped.
+    """
+    p = np.asarray(scores, dtype=float)
+    _, group = np.unique(p, return_inverse=True)
+    positives = np.bincount(group, weights=p)  # expected positives per distinct score, ascending
+    negatives = np.bincount(group, weights=1.0 - p)
+    self_pairs = float(np.sum(p * (1.0 - p)))  # a row never pairs with itself
+    negatives_below = np.cumsum(negatives) - negatives
+    right = float(np.sum(positives * negatives_below)) + 0.5 * (float(np.sum(positives * negatives)) - self_pairs)
+    pairs = float(positives.sum() * negatives.sum()) - self_pairs
+    return right / pairs if pairs > 0 else None
+
+
+def champion_test_auc(model: LoadedModel) -> float | None:
+    """The champion's own test AUC, carried in its metadata by training."""
+    value = model.metrics.get("test_roc_auc")
+    return None if value is None else float(value)
+
+
 def require_model_inputs(frame: pd.DataFrame, what: str) -> None:
     missing = [c for c in MODEL_INPUT_COLUMNS if c not in frame.columns]
     if missing:
@@ -284,12 +315,13 @@ def check_drift(
         if labelled
         else None
     )
-    prediction = performance = None
+    prediction = performance = estimated = None
     if model is not None:
         ref_scores, cur_scores = model.predict_proba(reference), model.predict_proba(current)
         prediction = compare_column(
             PREDICTION_COLUMN, "prediction", pd.Series(ref_scores), pd.Series(cur_scores), thresholds
         )
+        estimated = estimated_roc_auc(cur_scores)
         if _has_labels(current):
             performance = performance_on(current[TARGET_COLUMN].to_numpy(), cur_scores, thresholds.calibration_bins)
     return DriftResult(
@@ -302,6 +334,8 @@ def check_drift(
         prediction=prediction,
         target=target,
         performance=performance,
+        estimated_roc_auc=estimated,
+        reference_roc_auc=champion_test_auc(model) if model is not None else None,
         model_version=model.version if model is not None else None,
     )
 
@@ -432,4 +466,6 @@ def monitor_batch(settings: Settings, batch: str | int, html_report: bool = True
     result = replace(check_drift(reference, current, model, settings.drift), batch=name)
     experiment_id, run_id = log_drift_run(settings, result, reference, current, model, html_report)
     log.info("drift %s: share %.3f, dataset drift %s, run %s", name, result.drift_share, result.dataset_drift, run_id)
-    return replace(result, run_id=run_id, experiment_id=experiment_id)
+    result = replace(result, run_id=run_id, experiment_id=experiment_id)
+    publish_drift(settings, result)
+    return result

@@ -1,7 +1,7 @@
 """Every setting HealthPredict reads, declared once: its environment variable, default and meaning.
 
 Settings are typed, frozen sections grouped by concern (data, tracking, training, gates, service, drift,
-continuous improvement, deployment, image, Kubernetes, AWS). Each field names its environment variable in
+continuous improvement, deployment, image, Kubernetes, monitoring, AWS). Each field names its environment variable in
 :func:`var`; :meth:`Settings.from_env` reads them all, once, and fails at start with a message naming the
 variable when a value is malformed. Every entrypoint calls :func:`get_settings` (or
 :meth:`Settings.from_env` in tests) and passes the result down; no other module reads the environment.
@@ -526,6 +526,20 @@ class KubernetesSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MonitoringSettings:
+    """Where drift and performance results go as Prometheus metrics (:mod:`healthpredict.monitoring`)."""
+
+    pushgateway_url: str | None = var(
+        "HEALTHPREDICT_PUSHGATEWAY_URL", None,
+        "Prometheus Pushgateway that drift checks and the improvement loop push their results to (unset: no push)",
+        parse=_http_url,
+    )  # fmt: skip
+    push_timeout_s: float = var(
+        "HEALTHPREDICT_PUSH_TIMEOUT_S", 5.0, "timeout of each push to the Pushgateway", low=0.1, high=120
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class AwsSettings:
     """The standard AWS variables, for the S3 artifact store, ECR and the Prefect blocks."""
 
@@ -544,7 +558,7 @@ class AwsSettings:
 
 SECTIONS: tuple[type[Any], ...] = (
     DataSettings, TrackingSettings, TrainingSettings, GateSettings, ServiceSettings, DriftThresholds,
-    ImprovementSettings, DeploySettings, ImageSettings, KubernetesSettings, AwsSettings,
+    ImprovementSettings, DeploySettings, ImageSettings, KubernetesSettings, MonitoringSettings, AwsSettings,
 )  # fmt: skip
 
 
@@ -563,6 +577,7 @@ class Settings:
     deploy: DeploySettings = field(default_factory=DeploySettings)
     image: ImageSettings = field(default_factory=ImageSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     aws: AwsSettings = field(default_factory=AwsSettings)
     prefect_api_url: str | None = None
 
@@ -588,6 +603,7 @@ class Settings:
             deploy=read_section(DeploySettings, env),
             image=read_section(ImageSettings, env, context_dir=Path(".").resolve()),
             kubernetes=read_section(KubernetesSettings, env),
+            monitoring=read_section(MonitoringSettings, env),
             aws=read_section(AwsSettings, env),
             prefect_api_url=env.get("PREFECT_API_URL") or None,
         )

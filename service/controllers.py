@@ -199,6 +199,7 @@ class PredictionController(Controller):
         label = int(probability >= served.threshold)
         if WARMUP_SCOPE_KEY not in request.scope:
             state.metrics.count_labels(label, 1)
+            state.metrics.scores.observe(probability)
         return PredictResponse(
             probability=probability, label=label, threshold=served.threshold, model_version=served.version
         )
@@ -243,6 +244,7 @@ class PredictionController(Controller):
         labels = (probabilities >= served.threshold).astype(np.int64).tolist()
         if WARMUP_SCOPE_KEY not in request.scope:
             state.metrics.count_labels(sum(labels), len(labels))
+            state.metrics.scores.observe_many(probabilities)
         predictions = list(map(Prediction, probabilities.tolist(), labels))
         return BatchResponse(predictions=predictions, model_version=served.version)
 

@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +23,10 @@ WARMUP_SCOPE_KEY = "healthpredict.warmup"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LABELS = ["route", "method", "status"]
 _BUCKET_LABELS = (*map(repr, LATENCY_BUCKETS), "+Inf")
+#: Upper bounds of the prediction-score histogram: twenty bins of width 0.05 (1.0 is the last finite bound).
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+_SCORE_BOUNDS = np.asarray(SCORE_BUCKETS)
+_SCORE_BUCKET_LABELS = (*map(repr, SCORE_BUCKETS), "+Inf")
 
 
 class _Series:
@@ -69,11 +74,42 @@ class HttpMetrics(Collector):
         yield latency
 
 
+class ScoreHistogram(Collector):
+    """``healthpredict_prediction_score``: the probabilities answered, kept as plain numbers like HttpMetrics."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(SCORE_BUCKETS) + 1)  # non-cumulative; the last one is +Inf
+
+    def observe(self, score: float) -> None:
+        self.count += 1
+        self.total += score
+        self.buckets[bisect_left(SCORE_BUCKETS, score)] += 1
+
+    def observe_many(self, scores: np.ndarray) -> None:
+        counts = np.bincount(np.searchsorted(_SCORE_BOUNDS, scores, side="left"), minlength=len(self.buckets))
+        self.buckets = [a + b for a, b in zip(self.buckets, counts.tolist(), strict=True)]
+        self.count += len(scores)
+        self.total += float(scores.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        histogram = HistogramMetricFamily("healthpredict_prediction_score", "Readmission probabilities answered")
+        cumulative, buckets = 0, []
+        for bound, count in zip(_SCORE_BUCKET_LABELS, self.buckets, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        histogram.add_metric([], buckets, self.total)
+        yield histogram
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.http = HttpMetrics()
         self.registry.register(self.http)
+        self.scores = ScoreHistogram()
+        self.registry.register(self.scores)
         self.predictions = Counter(
             "healthpredict_predictions", "Predictions answered, by predicted label", ["label"], registry=self.registry
         )

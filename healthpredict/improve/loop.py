@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.audit import SubgroupAudit, subgroup_audit
-from healthpredict.drift import DriftResult, batch_part_name, check_drift, require_model_inputs
+from healthpredict.drift import DriftResult, batch_part_name, champion_test_auc, check_drift, require_model_inputs
 from healthpredict.evaluate import auc_if_defined
 from healthpredict.improve.policy import decide_retraining, holdout_split, is_forced, training_window
 from healthpredict.improve.records import BatchDecision, ImprovementResult, log_decision, plot_simulation
 from healthpredict.inject import SCENARIOS
 from healthpredict.inject import inject as inject_scenario
+from healthpredict.monitoring import publish_decision
 from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_champion
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import Settings
@@ -98,12 +99,6 @@ def load_champion_model(settings: Settings) -> LoadedModel:
         ) from exc
 
 
-def champion_test_auc(model: LoadedModel) -> float | None:
-    """The champion's own test AUC, carried in its metadata by training."""
-    value = model.metrics.get("test_roc_auc")
-    return None if value is None else float(value)
-
-
 @dataclass
 class LoopState:
     """What the loop carries from one batch to the next."""
@@ -149,6 +144,7 @@ def improve(settings: Settings, options: ImprovementOptions | None = None) -> Im
             record = retrain_gate_deploy(settings, state, initial, frame, record, options)  # steps 4-5
         log.info("batch %d of %d (%s): %s (%s)", index + 1, len(names), name, record.decision, record.reason)
         decisions.append(replace(record, run_id=log_decision(settings, experiment_id, record, drift, audit)))
+        publish_decision(settings, decisions[-1], drift)
     return summarise(settings, decisions, names, options, experiment_id, time.monotonic() - started)
 
 

@@ -1,0 +1,159 @@
+"""Drift and performance results as Prometheus metrics, pushed to a Pushgateway.
+
+A drift check or a pass of the continuous-improvement loop ends before Prometheus could scrape it, so each one
+pushes its latest result to the Pushgateway named by ``HEALTHPREDICT_PUSHGATEWAY_URL``, which Prometheus scrapes
+(with ``honor_labels``). Each source pushes under its own job and replaces its whole group on every push: the
+Pushgateway holds the **latest batch** of each source, so dashboards and alert rules read "the latest batch"
+without filtering, and Prometheus keeps the history of earlier batches. Every series carries the ``batch`` and
+the ``model_version`` (the champion that scored the batch) as labels.
+
+The numbers are the ones the checks computed (:class:`healthpredict.drift.DriftResult`,
+:class:`healthpredict.improve.BatchDecision`); nothing is recomputed here. The AUC-drop tolerance of the retrain
+policy is pushed beside the AUCs, so the alert rule compares with the same value the loop uses instead of a copy.
+
+A push that fails (Pushgateway down, timeout) is logged as a warning naming the URL and returns ``False``: the
+result is already recorded in MLflow, and a monitoring outage must not stop a drift check or a retraining run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+from healthpredict.settings import Settings
+
+if TYPE_CHECKING:  # types only: the drift check and the loop import this module
+    from healthpredict.drift import DriftResult
+    from healthpredict.improve.records import BatchDecision
+
+log = logging.getLogger(__name__)
+
+#: Pushgateway jobs (grouping keys): the drift check (``monitor-drift`` flow, ``healthpredict drift``) and the
+#: continuous-improvement loop.
+DRIFT_JOB = "healthpredict_drift"
+IMPROVEMENT_JOB = "healthpredict_improvement"
+
+BATCH_LABELS = ("batch", "model_version")
+
+#: Per-batch gauges: name → help. Optional ones are pushed only when the check knows them.
+BATCH_GAUGES: dict[str, str] = {
+    "healthpredict_batch_rows": "Rows in the batch",
+    "healthpredict_batch_drift_share": "Share of model features that drifted against the champion's training data",
+    "healthpredict_batch_drift_share_threshold": "Drift share at which the batch counts as dataset drift",
+    "healthpredict_batch_dataset_drift": "1 when the drift share reached its threshold (dataset drift)",
+    "healthpredict_batch_drift_alert": "1 on dataset drift, prediction drift or label drift",
+    "healthpredict_batch_drifted_features": "Number of model features that drifted",
+    "healthpredict_batch_prediction_drift_score": "Drift of the champion's scores (normed Wasserstein distance)",
+    "healthpredict_batch_label_drift_score": "Drift of the label (Jensen-Shannon distance); labelled batches only",
+    "healthpredict_batch_roc_auc": "ROC-AUC of the champion on the labelled batch",
+    "healthpredict_batch_estimated_roc_auc": "ROC-AUC of the champion estimated from its scores alone (no labels)",
+    "healthpredict_batch_brier": "Brier score of the champion on the labelled batch",
+    "healthpredict_batch_ece": "Expected calibration error of the champion on the labelled batch",
+    "healthpredict_model_test_roc_auc": "The champion's own test ROC-AUC, the yardstick of an AUC drop",
+    "healthpredict_auc_drop_tolerance": "AUC drop below the test AUC that the retrain policy tolerates",
+}
+FEATURE_GAUGES: dict[str, str] = {
+    "healthpredict_feature_drift_score": "Drift statistic of one model feature (Wasserstein or Jensen-Shannon)",
+    "healthpredict_feature_drifted": "1 when the feature's statistic reached its threshold",
+}
+IMPROVEMENT_GAUGES: dict[str, str] = {
+    "healthpredict_improvement_retrained": "1 when the batch triggered a retrain",
+    "healthpredict_improvement_decision": "1 for the decision taken on the batch (label: decision, champion_after)",
+    "healthpredict_batch_frozen_roc_auc": "ROC-AUC of the initial champion (never replaced) on the batch",
+    "healthpredict_batch_auc_after": "ROC-AUC of the champion after the decision, on the batch's held-out patients",
+}
+#: Every metric name a push can carry (the dashboard and the alert rules may use these).
+PUSHED_METRICS = frozenset((*BATCH_GAUGES, *FEATURE_GAUGES, *IMPROVEMENT_GAUGES))
+
+
+def _batch_values(result: DriftResult, auc_drop_tolerance: float) -> dict[str, float | None]:
+    performance = result.performance
+    return {
+        "healthpredict_batch_rows": float(result.rows),
+        "healthpredict_batch_drift_share": result.drift_share,
+        "healthpredict_batch_drift_share_threshold": result.thresholds.drift_share,
+        "healthpredict_batch_dataset_drift": float(result.dataset_drift),
+        "healthpredict_batch_drift_alert": float(result.alert),
+        "healthpredict_batch_drifted_features": float(len(result.drifted_features)),
+        "healthpredict_batch_prediction_drift_score": result.prediction.statistic if result.prediction else None,
+        "healthpredict_batch_label_drift_score": result.target.statistic if result.target else None,
+        "healthpredict_batch_roc_auc": performance.roc_auc if performance else None,
+        "healthpredict_batch_estimated_roc_auc": result.estimated_roc_auc,
+        "healthpredict_batch_brier": performance.brier if performance else None,
+        "healthpredict_batch_ece": performance.ece if performance else None,
+        "healthpredict_model_test_roc_auc": result.reference_roc_auc,
+        "healthpredict_auc_drop_tolerance": auc_drop_tolerance,
+    }
+
+
+def _labels(result: DriftResult) -> dict[str, str]:
+    if not result.batch:
+        raise ValueError("a drift result needs its batch name to become metrics (DriftResult.batch is empty)")
+    return {"batch": result.batch, "model_version": result.model_version or "unknown"}
+
+
+def drift_registry(result: DriftResult, auc_drop_tolerance: float) -> CollectorRegistry:
+    """The batch's drift and performance as gauges in a fresh registry, labelled with batch and model version."""
+    registry = CollectorRegistry()
+    labels = _labels(result)
+    for name, value in _batch_values(result, auc_drop_tolerance).items():
+        if value is not None:
+            Gauge(name, BATCH_GAUGES[name], BATCH_LABELS, registry=registry).labels(**labels).set(value)
+    feature_labels = (*BATCH_LABELS, "feature", "kind", "method")
+    score = Gauge("healthpredict_feature_drift_score", FEATURE_GAUGES["healthpredict_feature_drift_score"],
+                  feature_labels, registry=registry)  # fmt: skip
+    drifted = Gauge("healthpredict_feature_drifted", FEATURE_GAUGES["healthpredict_feature_drifted"],
+                    feature_labels, registry=registry)  # fmt: skip
+    for row in result.features:
+        named = {**labels, "feature": row.feature, "kind": row.kind, "method": row.method}
+        score.labels(**named).set(row.statistic)
+        drifted.labels(**named).set(float(row.drifted))
+    return registry
+
+
+def decision_registry(record: BatchDecision, drift: DriftResult, auc_drop_tolerance: float) -> CollectorRegistry:
+    """The improvement loop's batch: its drift and performance plus the decision and the AUC curves."""
+    if drift.batch is None:
+        drift = replace(drift, batch=record.batch)
+    registry = drift_registry(drift, auc_drop_tolerance)
+    labels = _labels(drift)
+    values = {
+        "healthpredict_improvement_retrained": float(record.retrained),
+        "healthpredict_batch_frozen_roc_auc": record.frozen_auc,
+        "healthpredict_batch_auc_after": record.auc_after,
+    }
+    for name, value in values.items():
+        if value is not None:
+            Gauge(name, IMPROVEMENT_GAUGES[name], BATCH_LABELS, registry=registry).labels(**labels).set(value)
+    decision = Gauge("healthpredict_improvement_decision", IMPROVEMENT_GAUGES["healthpredict_improvement_decision"],
+                     (*BATCH_LABELS, "decision", "champion_after"), registry=registry)  # fmt: skip
+    decision.labels(**labels, decision=record.decision, champion_after=record.champion_after).set(1)
+    return registry
+
+
+def push(settings: Settings, job: str, registry: CollectorRegistry) -> bool:
+    """Replace the group ``job`` on the Pushgateway with ``registry``; ``False`` (and a warning) when it fails."""
+    url = settings.monitoring.pushgateway_url
+    if url is None:
+        log.debug("HEALTHPREDICT_PUSHGATEWAY_URL is not set; %s metrics not pushed", job)
+        return False
+    try:
+        push_to_gateway(url, job=job, registry=registry, timeout=settings.monitoring.push_timeout_s)
+    except OSError as exc:  # urllib's URLError and HTTPError, timeouts, refused connections
+        log.warning("metrics of job %s not pushed to the Pushgateway %s: %s", job, url, exc)
+        return False
+    return True
+
+
+def publish_drift(settings: Settings, result: DriftResult) -> bool:
+    """Push a drift check's result (job :data:`DRIFT_JOB`) when a Pushgateway is configured."""
+    return push(settings, DRIFT_JOB, drift_registry(result, settings.improvement.retrain_auc_drop))
+
+
+def publish_decision(settings: Settings, record: BatchDecision, drift: DriftResult) -> bool:
+    """Push one batch of the improvement loop (job :data:`IMPROVEMENT_JOB`) when a Pushgateway is configured."""
+    registry = decision_registry(record, drift, settings.improvement.retrain_auc_drop)
+    return push(settings, IMPROVEMENT_JOB, registry)
