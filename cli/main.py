@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from healthpredict.settings import (
@@ -108,7 +109,10 @@ def cmd_improve(args: argparse.Namespace, settings: Settings) -> int:
         batches=args.batches, force=tuple(args.force or ()), inject=args.inject, inject_batch=args.inject_batch,
         inject_severity=args.inject_severity, deploy=not args.no_deploy,
     )  # fmt: skip
-    result = improve(_training_settings(args, settings), options)
+    settings = _training_settings(args, settings)
+    if args.label_delay is not None:
+        settings = replace(settings, improvement=replace(settings.improvement, label_delay_batches=args.label_delay))
+    result = improve(settings, options)
     print(result.summary_markdown())
     return 0
 
@@ -296,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continuous improvement: score each future batch with the champion, check drift, retrain, gate, deploy",
     )  # fmt: skip
     improve.add_argument("--batches", type=int, help="only the first N future batches (default: all)")
+    improve.add_argument(
+        "--label-delay", type=int, metavar="N",
+        help="batch k's labels arrive with batch k + N (default: HEALTHPREDICT_LABEL_DELAY_BATCHES, 1)",
+    )  # fmt: skip
     improve.add_argument(
         "--force", nargs="+", metavar="BATCH", help="retrain on these batches whatever the rule says ('all': every one)"
     )

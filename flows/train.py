@@ -14,8 +14,14 @@ from healthpredict.train import train_models, training_summary
 
 @task(timeout_seconds=4 * 3600)
 def search_evaluate_register(settings: Settings) -> dict[str, Any]:
+    import mlflow
+
     result = train_models(settings)
+    card = mlflow.artifacts.load_text(f"runs:/{result.winner.run_id}/model_card.md").replace(
+        "![calibration](calibration.png)", "(Calibration plot: `plots/calibration.png` of the MLflow run.)"
+    )
     return {
+        "model_card": card,
         "parent_run_id": result.parent_run_id,
         "experiment_id": result.experiment_id,
         "registered_version": result.registered_version,
@@ -45,6 +51,10 @@ def train(
     if outcome["registered_version"]:
         links += "\n\n" + model_version_link(settings, outcome["registered_version"])
     create_markdown_artifact(f"{outcome['summary']}\n\n{links}", key="search-leaderboard", description="Leaderboard")
+    create_markdown_artifact(
+        outcome["model_card"], key="model-card",
+        description="Model card of the winner: intended use, metrics with CIs, subgroup audit, limitations",
+    )  # fmt: skip
     if outcome["registered_version"] is None:
         raise RuntimeError(f"no model registered: best test AUC {outcome['test_auc']:.4f} is below the floor")
     return outcome

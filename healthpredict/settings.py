@@ -441,6 +441,11 @@ class ImprovementSettings:
         "HEALTHPREDICT_RETRAIN_EVERY", 1, "retrain once the champion is this many labelled batches behind (0: never)",
         low=0,
     )  # fmt: skip
+    label_delay_batches: int = var(
+        "HEALTHPREDICT_LABEL_DELAY_BATCHES", 1,
+        "batch k's labels arrive with batch k + this (readmission is known 30+ days after discharge); 0: at once",
+        low=0,
+    )  # fmt: skip
     training_window: Window = var(
         "HEALTHPREDICT_TRAINING_WINDOW", "all", "`all` batches, or the N most recent, are trained on", parse=_window
     )

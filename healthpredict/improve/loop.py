@@ -99,6 +99,16 @@ def load_champion_model(settings: Settings) -> LoadedModel:
         ) from exc
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A batch scored at arrival whose labels have not arrived yet."""
+
+    name: str
+    frame: pd.DataFrame  # with its labels, read only once they arrive
+    scores: np.ndarray
+    threshold: float
+
+
 @dataclass
 class LoopState:
     """What the loop carries from one batch to the next."""
@@ -106,7 +116,8 @@ class LoopState:
     champion: LoadedModel
     frozen: LoadedModel  # the initial champion, never replaced: the comparison curve
     reference: pd.DataFrame  # the champion's training data, the drift reference
-    seen: list[pd.DataFrame] = field(default_factory=list)  # the batches so far, newest last
+    labelled: list[pd.DataFrame] = field(default_factory=list)  # batches whose labels arrived, newest last
+    waiting: list[Scored] = field(default_factory=list)  # scored batches waiting for their labels, oldest first
     behind: int = 0  # labelled batches the champion has not been trained on
     history: list[dict[str, object]] = field(default_factory=list)  # per batch so far: drift, AUC (model card)
 
@@ -114,7 +125,9 @@ class LoopState:
 def improve(settings: Settings, options: ImprovementOptions | None = None) -> ImprovementResult:
     """The ``healthpredict improve`` command and the ``continuous-improvement`` flow.
 
-    The retrain policy is ``settings.improvement`` and the drift thresholds ``settings.drift``.
+    The retrain policy is ``settings.improvement`` and the drift thresholds ``settings.drift``. Batch k's labels
+    arrive with batch k + ``HEALTHPREDICT_LABEL_DELAY_BATCHES``: until then batch k is scored and checked for
+    drift from its features, its AUC is estimated from the scores alone, and nothing trains on it.
     """
     options = options or ImprovementOptions()
     started = time.monotonic()
@@ -125,27 +138,35 @@ def improve(settings: Settings, options: ImprovementOptions | None = None) -> Im
     champion = load_champion_model(settings)
     state = LoopState(champion=champion, frozen=champion, reference=initial[REFERENCE_PART])
     experiment_id = ensure_experiment(settings, settings.improvement.experiment)
+    delay = settings.improvement.label_delay_batches
     decisions: list[BatchDecision] = []
     for index, name in enumerate(names):
         frame, injected = arriving_batch(reader, name, index, options)
-        record, drift, audit = score_and_check(settings, state, name, frame, injected)  # steps 1-2
-        trigger = decide_retraining(  # step 3
-            record.drift_share, record.auc_before, record.baseline_auc, settings.improvement,
-            is_forced(name, options.force), batches_behind=state.behind,
+        record, drift = score_and_check(settings, state, name, frame, injected, delay)  # steps 1-2
+        record, audit = labels_arrive(settings, state, record, delay)
+        trigger = decide_retraining(  # step 3: only what exists now (features, scores, labels that arrived)
+            record.drift_share, record.labelled_auc, record.baseline_auc, settings.improvement,
+            is_forced(name, options.force), batches_behind=state.behind, estimated_auc=record.estimated_auc,
         )  # fmt: skip
         record = replace(record, reason=trigger.reason)
-        auc_text = "n/a" if record.auc_before is None else f"{record.auc_before:.4f}"
         log.info(
-            "batch %d of %d (%s): drift share %.3f, champion v%s AUC %s; %s", index + 1, len(names), name,
-            record.drift_share, record.champion_before, auc_text,
+            "batch %d of %d (%s): drift share %.3f, champion v%s estimated AUC %s, labels of %s (AUC %s); %s",
+            index + 1, len(names), name, record.drift_share, record.champion_before, _auc(record.estimated_auc),
+            record.labelled_batch or "no batch yet", _auc(record.labelled_auc),
             "retraining" if trigger.retrain else "keeping the champion",
         )  # fmt: skip
-        if trigger.retrain:
-            record = retrain_gate_deploy(settings, state, initial, frame, record, options)  # steps 4-5
+        if trigger.retrain and not state.labelled:
+            record = replace(record, reason=f"{record.reason}; no labelled batch yet: nothing to train on")
+        elif trigger.retrain:
+            record = retrain_gate_deploy(settings, state, initial, state.labelled[-1], record, options)  # steps 4-5
         log.info("batch %d of %d (%s): %s (%s)", index + 1, len(names), name, record.decision, record.reason)
         decisions.append(replace(record, run_id=log_decision(settings, experiment_id, record, drift, audit)))
         publish_decision(settings, decisions[-1], drift)
     return summarise(settings, decisions, names, options, experiment_id, time.monotonic() - started)
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def batches_of_run(reader: SplitReader, options: ImprovementOptions) -> list[str]:
@@ -174,34 +195,55 @@ def arriving_batch(
 
 
 def score_and_check(
-    settings: Settings, state: LoopState, name: str, frame: pd.DataFrame, injected: str | None
-) -> tuple[BatchDecision, DriftResult, SubgroupAudit]:
-    """Steps 1-2: score with the champion, check drift, evaluate and audit, before anything trains on this batch."""
+    settings: Settings, state: LoopState, name: str, frame: pd.DataFrame, injected: str | None, delay: int
+) -> tuple[BatchDecision, DriftResult]:
+    """Steps 1-2 at arrival: score with the champion, check drift on the features (its labels too when they come
+    with it), estimate the AUC from the scores. ``auc_before`` is kept for evaluation only: the decision reads
+    the AUC of a batch once its labels have arrived (:func:`labels_arrive`)."""
     champion = state.champion
     predictions_uri, scores = write_predictions(settings, name, frame, champion)
-    drift = check_drift(state.reference, frame, champion, settings.drift)
+    visible = frame if delay == 0 else frame.drop(columns=[TARGET_COLUMN])
+    drift = check_drift(state.reference, visible, champion, settings.drift)
     labels = frame[TARGET_COLUMN].to_numpy()
     auc_before = auc_if_defined(labels, scores)
     same = state.frozen.version == champion.version
     frozen_auc = auc_before if same else auc_if_defined(labels, state.frozen.predict_proba(frame))
-    training = settings.training
-    audit = subgroup_audit(
-        frame, labels, scores, champion.threshold, rounds=training.audit_rounds, seed=training.seed,
-        min_group_rows=training.audit_min_group_rows,
-    )  # fmt: skip
-    state.seen.append(frame)
-    state.behind += 1
+    state.waiting.append(Scored(name, frame, scores, champion.threshold))
     state.history.append(
         {"batch": name, "rows": len(frame), "drift share": drift.drift_share, "champion": f"v{champion.version}",
-         "champion AUC": auc_before, "FNR gap by race": audit.gap("race", "false_negative_rate")}
+         "estimated AUC": drift.estimated_roc_auc, "champion AUC": None, "FNR gap by race": None}
     )  # fmt: skip
     record = BatchDecision(
         batch=name, rows=len(frame), decision="keep", reason="", champion_before=str(champion.version),
         champion_after=str(champion.version), drift_share=drift.drift_share, dataset_drift=drift.dataset_drift,
         auc_before=auc_before, baseline_auc=champion_test_auc(champion), frozen_auc=frozen_auc,
-        predictions_uri=predictions_uri, injected=injected, fnr_gap_race=audit.gap("race", "false_negative_rate"),
+        predictions_uri=predictions_uri, injected=injected, estimated_auc=drift.estimated_roc_auc,
     )  # fmt: skip
-    return record, drift, audit
+    return record, drift
+
+
+def labels_arrive(
+    settings: Settings, state: LoopState, record: BatchDecision, delay: int
+) -> tuple[BatchDecision, SubgroupAudit | None]:
+    """The labels of the batch scored ``delay`` batches ago arrive: its realised AUC and subgroup audit (of the
+    scores made at its arrival), and it joins the batches a retrain may use."""
+    if len(state.waiting) <= delay:
+        return record, None
+    scored = state.waiting.pop(0)
+    labels = scored.frame[TARGET_COLUMN].to_numpy()
+    auc = auc_if_defined(labels, scored.scores)
+    training = settings.training
+    audit = subgroup_audit(
+        scored.frame, labels, scored.scores, scored.threshold, rounds=training.audit_rounds, seed=training.seed,
+        min_group_rows=training.audit_min_group_rows,
+    )  # fmt: skip
+    state.labelled.append(scored.frame)
+    state.behind += 1
+    gap = audit.gap("race", "false_negative_rate")
+    for entry in state.history:
+        if entry["batch"] == scored.name:
+            entry.update({"champion AUC": auc, "FNR gap by race": gap})
+    return replace(record, labelled_batch=scored.name, labelled_auc=auc, fnr_gap_race=gap), audit
 
 
 def retrain_gate_deploy(
@@ -212,12 +254,13 @@ def retrain_gate_deploy(
     record: BatchDecision,
     options: ImprovementOptions,
 ) -> BatchDecision:
-    """Steps 4-5: retrain on the window with a held-out slice of the newest batch, gate, deploy."""
+    """Steps 4-5: retrain on the labelled window with a held-out slice of the newest labelled batch (``frame``),
+    gate, deploy."""
     from healthpredict.promote import promote
     from healthpredict.train import train_models
 
     policy, champion = settings.improvement, state.champion
-    window = training_window(initial, state.seen, policy.training_window, policy.recency_half_life)
+    window = training_window(initial, state.labelled, policy.training_window, policy.recency_half_life)
     frames = holdout_split(window, frame, policy.holdout_fraction, settings.data.val_fraction, options.seed)
     incumbent = {champion.family: champion.params} if champion.family and champion.params else None
     training = train_models(

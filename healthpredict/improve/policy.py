@@ -27,12 +27,15 @@ def decide_retraining(
     policy: ImprovementSettings,
     forced: bool = False,
     batches_behind: int = 0,
+    estimated_auc: float | None = None,
 ) -> Trigger:
     """Retrain when forced, on schedule, when drift share >= its threshold, or when AUC fell more than allowed.
 
     ``baseline_auc`` is the champion's own test AUC; without it (or without a batch AUC, e.g. one class only)
     the AUC criterion cannot fire and the reason says so. ``batches_behind`` counts the labelled batches that
     arrived since the champion was trained; the schedule fires when it reaches ``policy.retrain_every``.
+    ``estimated_auc`` (from the scores of a batch whose labels have not arrived) fires the same AUC criterion,
+    so a retrain need not wait for late labels.
     """
     reasons = []
     if forced:
@@ -47,6 +50,15 @@ def decide_retraining(
             reasons.append(
                 f"AUC drop {drop:.3f} > {policy.retrain_auc_drop} (test {baseline_auc:.3f} → {auc_before:.3f})"
             )
+    if (
+        estimated_auc is not None
+        and baseline_auc is not None
+        and baseline_auc - estimated_auc > policy.retrain_auc_drop
+    ):
+        reasons.append(
+            f"estimated AUC drop {baseline_auc - estimated_auc:.3f} > {policy.retrain_auc_drop} "
+            f"(test {baseline_auc:.3f} → estimated {estimated_auc:.3f})"
+        )
     if reasons:
         return Trigger(True, "; ".join(reasons))
     detail = f"drift share {drift_share:.3f} < {policy.retrain_drift_share}"

@@ -28,7 +28,7 @@ class BatchDecision:
     champion_after: str
     drift_share: float
     dataset_drift: bool
-    auc_before: float | None
+    auc_before: float | None  # evaluation only: the scores made at arrival against labels seen later
     baseline_auc: float | None
     frozen_auc: float | None
     auc_after: float | None = None
@@ -39,7 +39,10 @@ class BatchDecision:
     predictions_uri: str = ""
     injected: str | None = None
     run_id: str | None = None
-    fnr_gap_race: float | None = None  # the champion's largest false-negative-rate gap between races, this batch
+    estimated_auc: float | None = None  # from the champion's scores alone, at arrival (no labels)
+    labelled_batch: str | None = None  # the batch whose labels arrived with this one (label delay)
+    labelled_auc: float | None = None  # the AUC of that batch's scores, the one the decision may use
+    fnr_gap_race: float | None = None  # the scoring model's largest FNR gap between races on the labelled batch
 
     @property
     def retrained(self) -> bool:
@@ -66,22 +69,32 @@ class ImprovementResult:
     def mean_frozen_auc(self) -> float:
         return _mean([d.frozen_auc for d in self.decisions])
 
+    @property
+    def estimate_mae(self) -> float:
+        """Mean absolute error of the estimated AUC against the AUC realised once labels arrived."""
+        pairs = [(d.estimated_auc, d.auc_before) for d in self.decisions]
+        return _mean([abs(e - r) for e, r in pairs if e is not None and r is not None])
+
     def summary_markdown(self) -> str:
         rows = [
-            (d.batch + (f" ({d.injected})" if d.injected else ""), d.rows, d.drift_share, d.auc_before,
-             d.frozen_auc, d.decision, d.reason, d.auc_after, f"v{d.champion_before} → v{d.champion_after}")
+            (d.batch + (f" ({d.injected})" if d.injected else ""), d.rows, d.drift_share, d.estimated_auc,
+             d.auc_before, d.frozen_auc, d.labelled_batch or "none yet", d.decision, d.reason, d.auc_after,
+             f"v{d.champion_before} → v{d.champion_after}")
             for d in self.decisions
         ]  # fmt: skip
         table = markdown_table(
-            ("batch", "rows", "drift share", "AUC before", "frozen AUC", "decision", "reason", "AUC after", "champion"),
+            ("batch", "rows", "drift share", "estimated AUC", "AUC before", "frozen AUC", "labels arrived for",
+             "decision", "reason", "AUC after", "champion"),
             rows,
-        )
+        )  # fmt: skip
         return (
             f"## Continuous improvement\n\n{table}\n\nMean prequential AUC: continuously improved champion "
             f"{self.mean_auc:.4f}, frozen initial model {self.mean_frozen_auc:.4f} "
-            f"(Δ {self.mean_auc - self.mean_frozen_auc:+.4f}). AUC before = the champion in force on the whole "
-            "batch before any training on it; AUC after = the champion after the decision on the batch's held-out "
-            f"patients (retrains only). Report: `{self.report_path}`; MLflow summary run `{self.summary_run_id}`."
+            f"(Δ {self.mean_auc - self.mean_frozen_auc:+.4f}). Estimated AUC (from the scores, before labels): mean "
+            f"absolute error {self.estimate_mae:.4f} against the AUC realised once labels arrived. AUC before = "
+            "the champion in force on the whole batch before any training on it (evaluated when its labels "
+            "arrive); AUC after = the champion after the decision on held-out patients of the newest labelled "
+            f"batch (retrains only). Report: `{self.report_path}`; MLflow summary run `{self.summary_run_id}`."
         )
 
 
@@ -107,11 +120,13 @@ def log_decision(
             "champion_version_before": record.champion_before, "champion_version_after": record.champion_after,
             "challenger_version": record.challenger_version or "", "training_run_id": record.training_run_id or "",
             "predictions_uri": record.predictions_uri, "injected": record.injected or "",
+            "labelled_batch": record.labelled_batch or "",
             "drifted_features": ",".join(drift.drifted_features),
         })  # fmt: skip
         metrics = {
             "drift_share": record.drift_share, "auc_before": record.auc_before, "auc_after": record.auc_after,
             "frozen_auc": record.frozen_auc, "baseline_auc": record.baseline_auc, "rows": float(record.rows),
+            "estimated_auc": record.estimated_auc, "labelled_auc": record.labelled_auc,
             "retrained": float(record.retrained), "dataset_drift": float(record.dataset_drift),
             "prediction_drift": drift.prediction.statistic if drift.prediction else None,
         }  # fmt: skip
@@ -135,9 +150,12 @@ def plot_simulation(decisions: list[BatchDecision], policy: ImprovementSettings,
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     frozen, before = series([d.frozen_auc for d in decisions]), series([d.auc_before for d in decisions])
-    after = series([d.auc_after for d in decisions])
+    after, estimated = series([d.auc_after for d in decisions]), series([d.estimated_auc for d in decisions])
     top.plot(x, frozen, "o--", color="grey", label=f"frozen initial model (mean {np.nanmean(frozen):.3f})")
-    top.plot(x, before, "o-", color="tab:blue", label=f"champion before decision (mean {np.nanmean(before):.3f})")
+    top.plot(x, before, "o-", color="tab:blue", label=f"champion, realised (mean {np.nanmean(before):.3f})")
+    if np.isfinite(estimated).any():
+        mae = np.nanmean(np.abs(estimated - before))
+        top.plot(x, estimated, "x:", color="tab:purple", label=f"champion, estimated before labels (MAE {mae:.3f})")
     top.plot(x, after, "D", color="tab:green", label="AUC after (held-out patients of the batch)")
     for i, d in enumerate(decisions):
         if d.retrained:

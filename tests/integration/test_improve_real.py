@@ -33,7 +33,10 @@ from healthpredict.split import SPLIT_DIR, SplitReader
 pytestmark = pytest.mark.integration
 
 # batch_01 must stay "keep" (drift share 0.15 on the real data, see docs/DRIFT.md; no schedule); batch_02 is forced.
-POLICY = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.2, retrain_every=0, experiment="improve-test")
+# Labels arrive with their batch here (delay 0); test_late_labels_* covers the default delay of one batch.
+POLICY = ImprovementSettings(
+    retrain_drift_share=0.3, retrain_auc_drop=0.2, retrain_every=0, experiment="improve-test", label_delay_batches=0
+)
 
 
 async def _artifact(key: str) -> str:
@@ -78,6 +81,45 @@ def register_initial_champion(settings: Settings) -> str:
     version = str(register_challenger(settings, info.model_uri, {"source": "improve-test"}).version)
     set_champion(settings, version)
     return version
+
+
+def test_late_labels_are_used_only_once_they_arrive(
+    real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels one batch late (the default): batch k is scored, checked and estimated at arrival, and trained on
+    only from batch k + 1; a retrain forced before any label arrived has nothing to train on."""
+    settings = settings_for(tmp_path, real_split_home, monkeypatch)
+    initial = register_initial_champion(settings)
+    reader = SplitReader(settings)
+    window_rows = sum(len(reader.read(name)) for name in ("train", "val", "test"))
+    batch_01, batch_02 = reader.read("batch_01"), reader.read("batch_02")
+    policy = replace(POLICY, label_delay_batches=1, experiment="improve-late-labels")
+
+    result = improve(replace(settings, improvement=policy), ImprovementOptions(batches=2, force=("1", "2")))
+
+    first, second = result.decisions
+    assert first.labelled_batch is None and first.labelled_auc is None
+    assert first.decision == "keep" and "no labelled batch yet: nothing to train on" in first.reason
+    assert first.reason.startswith("forced")
+    # batch_01's labels arrive with batch_02: its realised AUC is the AUC of the scores made at its arrival
+    assert second.labelled_batch == "batch_01" and second.labelled_auc == pytest.approx(first.auc_before)
+    assert second.decision == "promoted", second.reason
+    # the retrain read the initial window and batch_01, never batch_02 (about 10,000 encounters more)
+    assert second.training_rows is not None and second.holdout_rows is not None
+    assert window_rows < second.training_rows + second.holdout_rows <= window_rows + len(batch_01)
+    assert len(batch_02) > 5000
+    # both batches were scored, and their AUC estimated, by the initial champion before anything trained on them
+    for decision in result.decisions:
+        assert decision.champion_before == initial and decision.estimated_auc is not None
+        assert 0.5 < decision.estimated_auc < 1.0
+    assert result.estimate_mae == pytest.approx(
+        sum(abs(d.estimated_auc - d.auc_before) for d in result.decisions) / 2  # type: ignore[operator]
+    )
+    runs = mlflow.search_runs(
+        [result.experiment_id], "tags.kind = 'improvement'", output_format="list"
+    )  # fmt: skip
+    tags = {run.data.tags["batch"]: run.data.tags for run in runs}
+    assert tags["batch_02"]["labelled_batch"] == "batch_01" and tags["batch_01"]["labelled_batch"] == ""
 
 
 def test_forced_retrain_deploys_and_records_every_decision(

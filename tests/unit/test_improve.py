@@ -147,12 +147,41 @@ def test_summary_means_are_prequential_and_skip_unmeasurable_batches(tmp_path: P
 
     decisions = [
         BatchDecision("batch_01", 100, "keep", "within", "1", "1", 0.1, False, 0.60, 0.67, 0.60),
-        BatchDecision("batch_02", 100, "promoted", "forced", "1", "2", 0.4, True, 0.64, 0.67, 0.62, auc_after=0.7),
+        BatchDecision(
+            "batch_02",
+            100,
+            "promoted",
+            "forced",
+            "1",
+            "2",
+            0.4,
+            True,
+            0.64,
+            0.67,
+            0.62,
+            auc_after=0.7,
+            estimated_auc=0.66,
+            labelled_batch="batch_01",
+        ),
         BatchDecision("batch_03", 100, "keep", "within", "2", "2", 0.2, False, None, 0.70, None),
     ]
     result = ImprovementResult(decisions, tmp_path / "r.png", "1", "run", 1.0)
     assert result.mean_auc == pytest.approx(0.62) and result.mean_frozen_auc == pytest.approx(0.61)
     text = result.summary_markdown()
-    assert "| batch_02 | 100 | 0.4000 | 0.6400 | 0.6200 | promoted | forced | 0.7000 | v1 → v2 |" in text
+    assert (
+        "| batch_02 | 100 | 0.4000 | 0.6600 | 0.6400 | 0.6200 | batch_01 | promoted | forced | 0.7000 | v1 → v2 |"
+        in text
+    )
+    assert "| batch_01 | 100 | 0.1000 |  | 0.6000 | 0.6000 | none yet | keep |" in text
+    assert result.estimate_mae == pytest.approx(0.02)  # only batch_02 has both an estimate and a realised AUC
+    assert "mean absolute error 0.0200" in text
     assert "(Δ +0.0100)" in text
     assert [d.retrained for d in decisions] == [False, True, False]
+
+
+def test_an_estimated_auc_drop_triggers_before_labels_arrive() -> None:
+    policy = ImprovementSettings(retrain_drift_share=0.3, retrain_auc_drop=0.02, retrain_every=0)
+    waiting = decide_retraining(0.1, auc_before=None, baseline_auc=0.70, policy=policy, estimated_auc=0.69)
+    assert not waiting.retrain and "AUC drop not measurable" in waiting.reason
+    early = decide_retraining(0.1, auc_before=None, baseline_auc=0.70, policy=policy, estimated_auc=0.65)
+    assert early.retrain and early.reason == "estimated AUC drop 0.050 > 0.02 (test 0.700 → estimated 0.650)"
