@@ -22,8 +22,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     UV_NATIVE_TLS=1 \
     UV_PROJECT_ENVIRONMENT=/opt/venv
 
-RUN pip install "uv==${UV_VERSION}"
-ENV PATH=/opt/venv/bin:$PATH
+# uv in its own virtualenv (a base image may have Python without pip, e.g. docker/base-image.sh's), outside the
+# project's /opt/venv so that `uv sync` never removes it.
+RUN python3 -m venv /opt/uv && /opt/uv/bin/pip install "uv==${UV_VERSION}"
+ENV PATH=/opt/venv/bin:/opt/uv/bin:$PATH
 
 WORKDIR /src
 # Dependencies first (a layer that survives code changes), from the lock, binary wheels only; then the

@@ -51,6 +51,8 @@ BUDGET = {
 
 def one_run(home: Path, seed: int, delay: int) -> dict[str, Any]:
     """Split, initial champion (search seed ``seed``), then the loop with labels ``delay`` batches late."""
+    for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set by the previous run's tracking setup
+        os.environ.pop(inherited, None)
     env = {**BUDGET, **os.environ, "HEALTHPREDICT_HOME": str(home)}
     os.environ.update(env)
     base = Settings.from_env(env)

@@ -42,13 +42,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sklearn.metrics import brier_score_loss
 
-from healthpredict.evaluate import auc_if_defined
 from healthpredict.features import CATEGORICAL_FEATURES, MODEL_INPUT_COLUMNS, NUMERIC_FEATURES, engineer_features
 from healthpredict.monitoring import publish_drift
+from healthpredict.performance import Performance, champion_test_auc, estimated_roc_auc, performance_on
 from healthpredict.registry import LoadedModel, RegistryError, configure_tracking, ensure_experiment, load_champion
 from healthpredict.reporting import markdown_table
 from healthpredict.schema import TARGET_COLUMN
@@ -78,22 +76,6 @@ class FeatureDrift:
     drifted: bool
     new_values: tuple[str, ...] = ()
     new_share: float = 0.0
-
-
-@dataclass(frozen=True)
-class Performance:
-    """The champion on a labelled batch."""
-
-    rows: int
-    prevalence: float
-    mean_score: float
-    roc_auc: float | None
-    brier: float
-    ece: float
-    calibration_in_the_large: float
-
-    def as_metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -228,58 +210,6 @@ def compare_column(
     )  # fmt: skip
 
 
-def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int) -> float:
-    """Mean |observed rate − mean score| over equal-width score bins, weighted by the bin's rows."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1], right=False), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            total += members.mean() * abs(labels[members].mean() - scores[members].mean())
-    return float(total)
-
-
-def performance_on(labels: np.ndarray, scores: np.ndarray, bins: int) -> Performance:
-    labels = np.asarray(labels, dtype=float)
-    scores = np.asarray(scores, dtype=float)
-    return Performance(
-        rows=len(labels),
-        prevalence=float(labels.mean()),
-        mean_score=float(scores.mean()),
-        roc_auc=auc_if_defined(labels, scores),
-        brier=float(brier_score_loss(labels, scores)),
-        ece=expected_calibration_error(labels, scores, bins),
-        calibration_in_the_large=float(scores.mean() - labels.mean()),
-    )
-
-
-def estimated_roc_auc(scores: np.ndarray) -> float | None:
-    """The ROC-AUC the scores would have if they were calibrated, known before any label arrives.
-
-    Each row counts as positive with probability equal to its score (confidence-based performance estimation):
-    the expected number of (positive, negative) pairs the scores rank right, ties counting half, over the
-    expected number of pairs. It follows the measured AUC while the champion stays calibrated on the batch, and
-    parts from it when calibration breaks (a label shift the features do not show); ``None`` when no pair can be
-    expected (every score 0, or every score 1). Exact in O(n log n): rows with equal scores are grouped.
-    """
-    p = np.asarray(scores, dtype=float)
-    _, group = np.unique(p, return_inverse=True)
-    positives = np.bincount(group, weights=p)  # expected positives per distinct score, ascending
-    negatives = np.bincount(group, weights=1.0 - p)
-    self_pairs = float(np.sum(p * (1.0 - p)))  # a row never pairs with itself
-    negatives_below = np.cumsum(negatives) - negatives
-    right = float(np.sum(positives * negatives_below)) + 0.5 * (float(np.sum(positives * negatives)) - self_pairs)
-    pairs = float(positives.sum() * negatives.sum()) - self_pairs
-    return right / pairs if pairs > 0 else None
-
-
-def champion_test_auc(model: LoadedModel) -> float | None:
-    """The champion's own test AUC, carried in its metadata by training."""
-    value = model.metrics.get("test_roc_auc")
-    return None if value is None else float(value)
-
-
 def require_model_inputs(frame: pd.DataFrame, what: str) -> None:
     missing = [c for c in MODEL_INPUT_COLUMNS if c not in frame.columns]
     if missing:
@@ -323,7 +253,7 @@ def check_drift(
         )
         estimated = estimated_roc_auc(cur_scores)
         if _has_labels(current):
-            performance = performance_on(current[TARGET_COLUMN].to_numpy(), cur_scores, thresholds.calibration_bins)
+            performance = performance_on(current[TARGET_COLUMN].to_numpy(), cur_scores)
     return DriftResult(
         features=rows,
         drift_share=share,

@@ -30,7 +30,6 @@ from sklearn.pipeline import Pipeline
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from healthpredict import model_format
-from healthpredict.data import sha256_file
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
 from healthpredict.model_format import SERIALIZATION_FORMAT
 from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS
@@ -178,12 +177,20 @@ def save_pipeline(
 REGISTRY_METADATA_FILE = "registered_model_meta"
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def artifact_digest(folder: Path) -> str:
     """One sha256 over every file of a model folder (names and contents): any change to any file changes it."""
     digest = hashlib.sha256()
     files = (p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != REGISTRY_METADATA_FILE)
     for path in sorted(files):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 

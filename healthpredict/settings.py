@@ -413,7 +413,6 @@ class DriftThresholds:
         low=1e-9,
         high=1,
     )
-    calibration_bins: int = 10
 
     def method_for(self, kind: FeatureKind) -> tuple[str, float]:
         return {

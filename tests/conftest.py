@@ -233,3 +233,89 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, real_split_home: Path
         )
     )  # fmt: skip
     return home
+
+
+# -- a Docker engine ---------------------------------------------------------------------------------------------
+
+BASE_IMAGE = os.environ.get("HEALTHPREDICT_TEST_BASE_IMAGE", "local/python:3.11-bookworm")
+DOCKER_ENGINE: dict[str, str] = {}  # DOCKER_HOST of the private engine, when the session started one
+
+
+def _docker_unavailable(reason: str) -> NoReturn:
+    tool_unavailable(f"a Docker engine is required: {reason}")
+
+
+def _ping(client: object) -> bool:
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    """A reachable engine: the configured one, or a private ``dockerd`` the session starts and stops by PID.
+
+    Its images live in dockerd's default data root, so a base image made once is kept for later sessions.
+    """
+    import shutil
+    import tempfile
+    import time
+
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        if _ping(client):
+            yield client
+            return
+    except Exception:
+        pass
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0:
+        _docker_unavailable("no Docker engine answers and dockerd cannot be started here (needs root and docker.io)")
+    state = Path(tempfile.mkdtemp(prefix="hp-dockerd-"))
+    socket = f"unix://{state / 'docker.sock'}"
+    log = (state / "dockerd.log").open("wb")
+    process = subprocess.Popen(
+        [dockerd, "--host", socket, "--pidfile", str(state / "docker.pid"), "--exec-root", str(state / "exec")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:  # the client asks the engine for its API version as it is made
+                client = docker.DockerClient(base_url=socket, timeout=600)
+                if _ping(client):
+                    break
+            except Exception:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                _docker_unavailable(f"dockerd did not start: {(state / 'dockerd.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        DOCKER_ENGINE["DOCKER_HOST"] = socket
+        yield client
+    finally:
+        stop_process(process, timeout=30)
+        log.close()
+        DOCKER_ENGINE.clear()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: object) -> str:
+    """A Python 3.11 base image: ``HEALTHPREDICT_TEST_BASE_IMAGE`` if present, else made by docker/base-image.sh."""
+    import shutil
+
+    try:
+        docker_client.images.get(BASE_IMAGE)  # type: ignore[attr-defined]
+        return BASE_IMAGE
+    except Exception:
+        pass
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        _docker_unavailable(f"base image {BASE_IMAGE} is missing and docker/base-image.sh needs root and debootstrap")
+    env = {**os.environ, **DOCKER_ENGINE}
+    subprocess.run(
+        ["bash", str(PROJECT_ROOT / "docker" / "base-image.sh"), BASE_IMAGE], check=True, env=env, timeout=900
+    )
+    return BASE_IMAGE

@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.audit import SubgroupAudit, subgroup_audit
-from healthpredict.drift import DriftResult, batch_part_name, champion_test_auc, check_drift, require_model_inputs
+from healthpredict.drift import DriftResult, batch_part_name, check_drift, require_model_inputs
 from healthpredict.evaluate import auc_if_defined
 from healthpredict.improve.policy import decide_retraining, holdout_split, is_forced, training_window
 from healthpredict.improve.records import BatchDecision, ImprovementResult, log_decision, plot_simulation
 from healthpredict.inject import SCENARIOS
 from healthpredict.inject import inject as inject_scenario
 from healthpredict.monitoring import publish_decision
+from healthpredict.performance import champion_test_auc
 from healthpredict.registry import CHAMPION, LoadedModel, configure_tracking, ensure_experiment, load_champion
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import Settings

@@ -10,11 +10,6 @@ with debootstrap (once; it is kept for later runs). Without an engine the test i
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, free_port, stop_process, tool_unavailable, wait_for_http
+from conftest import PROJECT_ROOT, free_port, wait_for_http
 
 from healthpredict.deploy.image import build_image, current_git_sha, image_tag
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
@@ -33,80 +28,8 @@ from healthpredict.split import SplitReader
 
 pytestmark = pytest.mark.integration
 
-BASE_IMAGE = os.environ.get("HEALTHPREDICT_TEST_BASE_IMAGE", "local/python:3.11-bookworm")
 REPOSITORY = "healthpredict-service-test"
-_ENGINE_HOST: dict[str, str] = {}  # DOCKER_HOST of a private engine, for docker/base-image.sh
 COMPILERS = ("gcc", "cc", "g++", "clang", "make")
-
-
-def _unavailable(reason: str) -> None:
-    tool_unavailable(f"a Docker engine is required: {reason}")
-
-
-def _ping(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[Any]:
-    """A reachable engine: the configured one, or a private ``dockerd`` this fixture starts and stops."""
-    import docker
-
-    try:
-        client = docker.from_env(timeout=600)
-        if _ping(client):
-            yield client
-            return
-    except Exception:
-        pass
-    dockerd = shutil.which("dockerd")
-    if dockerd is None or os.geteuid() != 0:
-        _unavailable("no Docker engine answers and dockerd cannot be started here (needs root and docker.io)")
-    state = Path(tempfile.mkdtemp(prefix="hp-dockerd-"))
-    socket = f"unix://{state / 'docker.sock'}"
-    log = (state / "dockerd.log").open("wb")
-    process = subprocess.Popen(
-        [dockerd, "--host", socket, "--pidfile", str(state / "docker.pid"), "--exec-root", str(state / "exec")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:  # the client asks the engine for its API version as it is made
-                client = docker.DockerClient(base_url=socket, timeout=600)
-                if _ping(client):
-                    break
-            except Exception:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                _unavailable(f"dockerd did not start: {(state / 'dockerd.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        _ENGINE_HOST["DOCKER_HOST"] = socket
-        yield client
-    finally:
-        stop_process(process, timeout=30)
-        log.close()
-        _ENGINE_HOST.clear()
-        shutil.rmtree(state, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def base_image(docker_client: Any) -> str:
-    try:
-        docker_client.images.get(BASE_IMAGE)
-        return BASE_IMAGE
-    except Exception:
-        pass
-    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        _unavailable(f"base image {BASE_IMAGE} is missing and docker/base-image.sh needs root and debootstrap")
-    env = {**os.environ, **_ENGINE_HOST}
-    subprocess.run(
-        ["bash", str(PROJECT_ROOT / "docker" / "base-image.sh"), BASE_IMAGE], check=True, env=env, timeout=900
-    )
-    return BASE_IMAGE
 
 
 @pytest.fixture(scope="module")

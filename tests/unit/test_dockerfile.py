@@ -133,7 +133,8 @@ def test_service_requirements_are_project_dependencies_with_the_same_ranges() ->
 def test_other_images_are_non_root_from_the_same_base(path: str) -> None:
     args, stages = parse((REPO / path).read_text())
     assert args.get("PYTHON_IMAGE") == "python:3.11-slim"
-    assert all(stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE") for stage in stages)
+    assert all(stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE", "${PYTHON_IMAGE:-python:3.11-slim}")
+               for stage in stages)  # fmt: skip
     final_stage = stages[-1]
     assert final_stage.args("USER") and final_stage.args("USER")[-1].split(":")[0] == "10001"
     assert final_stage.args("HEALTHCHECK")

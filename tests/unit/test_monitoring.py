@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from test_drift import encounters
 from test_service import save_model, wait_ready
 
-from healthpredict.drift import DriftResult, check_drift, estimated_roc_auc
+from healthpredict.drift import DriftResult, check_drift
 from healthpredict.features import model_inputs
 from healthpredict.improve.records import BatchDecision
 from healthpredict.inject import inject
@@ -34,6 +34,7 @@ from healthpredict.monitoring import (
     publish_drift,
     push,
 )
+from healthpredict.performance import estimated_roc_auc
 from healthpredict.registry import LoadedModel
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import SettingsError
