@@ -7,6 +7,10 @@ Pushgateway holds the **latest batch** of each source, so dashboards and alert r
 without filtering, and Prometheus keeps the history of earlier batches. Every series carries the ``batch`` and
 the ``model_version`` (the champion that scored the batch) as labels.
 
+Labels that arrive late (``HEALTHPREDICT_LABEL_DELAY_BATCHES``): the loop's push for batch k carries batch k's
+drift and estimated AUC, and the realised AUC of the batch whose labels arrived with it, under *that* batch's
+labels (and the version that scored it, with its test AUC and the tolerance), so the AUC-drop alert reads it.
+
 The numbers are the ones the checks computed (:class:`healthpredict.drift.DriftResult`,
 :class:`healthpredict.improve.BatchDecision`); nothing is recomputed here. The AUC-drop tolerance of the retrain
 policy is pushed beside the AUCs, so the alert rule compares with the same value the loop uses instead of a copy.
@@ -95,30 +99,46 @@ def _labels(result: DriftResult) -> dict[str, str]:
     return {"batch": result.batch, "model_version": result.model_version or "unknown"}
 
 
-def drift_registry(result: DriftResult, auc_drop_tolerance: float) -> CollectorRegistry:
-    """The batch's drift and performance as gauges in a fresh registry, labelled with batch and model version."""
-    registry = CollectorRegistry()
+class _Gauges:
+    """The gauges of one push: one :class:`Gauge` per name, set for as many label sets as needed."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._gauges: dict[str, Gauge] = {}
+
+    def set(self, name: str, help_text: str, labels: dict[str, str], value: float | None) -> None:
+        if value is None:
+            return
+        if name not in self._gauges:
+            self._gauges[name] = Gauge(name, help_text, tuple(labels), registry=self.registry)
+        self._gauges[name].labels(**labels).set(value)
+
+
+def _drift_gauges(result: DriftResult, auc_drop_tolerance: float) -> _Gauges:
+    gauges = _Gauges()
     labels = _labels(result)
     for name, value in _batch_values(result, auc_drop_tolerance).items():
-        if value is not None:
-            Gauge(name, BATCH_GAUGES[name], BATCH_LABELS, registry=registry).labels(**labels).set(value)
-    feature_labels = (*BATCH_LABELS, "feature", "kind", "method")
-    score = Gauge("healthpredict_feature_drift_score", FEATURE_GAUGES["healthpredict_feature_drift_score"],
-                  feature_labels, registry=registry)  # fmt: skip
-    drifted = Gauge("healthpredict_feature_drifted", FEATURE_GAUGES["healthpredict_feature_drifted"],
-                    feature_labels, registry=registry)  # fmt: skip
+        gauges.set(name, BATCH_GAUGES[name], labels, value)
     for row in result.features:
         named = {**labels, "feature": row.feature, "kind": row.kind, "method": row.method}
-        score.labels(**named).set(row.statistic)
-        drifted.labels(**named).set(float(row.drifted))
-    return registry
+        gauges.set("healthpredict_feature_drift_score", FEATURE_GAUGES["healthpredict_feature_drift_score"], named,
+                   row.statistic)  # fmt: skip
+        gauges.set("healthpredict_feature_drifted", FEATURE_GAUGES["healthpredict_feature_drifted"], named,
+                   float(row.drifted))  # fmt: skip
+    return gauges
+
+
+def drift_registry(result: DriftResult, auc_drop_tolerance: float) -> CollectorRegistry:
+    """The batch's drift and performance as gauges in a fresh registry, labelled with batch and model version."""
+    return _drift_gauges(result, auc_drop_tolerance).registry
 
 
 def decision_registry(record: BatchDecision, drift: DriftResult, auc_drop_tolerance: float) -> CollectorRegistry:
-    """The improvement loop's batch: its drift and performance plus the decision and the AUC curves."""
+    """The improvement loop's batch: its drift and performance plus the decision and the AUC curves, and the
+    realised AUC of the batch whose labels arrived with it (when that is an earlier batch)."""
     if drift.batch is None:
         drift = replace(drift, batch=record.batch)
-    registry = drift_registry(drift, auc_drop_tolerance)
+    gauges = _drift_gauges(drift, auc_drop_tolerance)
     labels = _labels(drift)
     values = {
         "healthpredict_improvement_retrained": float(record.retrained),
@@ -126,12 +146,18 @@ def decision_registry(record: BatchDecision, drift: DriftResult, auc_drop_tolera
         "healthpredict_batch_auc_after": record.auc_after,
     }
     for name, value in values.items():
-        if value is not None:
-            Gauge(name, IMPROVEMENT_GAUGES[name], BATCH_LABELS, registry=registry).labels(**labels).set(value)
-    decision = Gauge("healthpredict_improvement_decision", IMPROVEMENT_GAUGES["healthpredict_improvement_decision"],
-                     (*BATCH_LABELS, "decision", "champion_after"), registry=registry)  # fmt: skip
-    decision.labels(**labels, decision=record.decision, champion_after=record.champion_after).set(1)
-    return registry
+        gauges.set(name, IMPROVEMENT_GAUGES[name], labels, value)
+    gauges.set("healthpredict_improvement_decision", IMPROVEMENT_GAUGES["healthpredict_improvement_decision"],
+               {**labels, "decision": record.decision, "champion_after": record.champion_after}, 1.0)  # fmt: skip
+    if record.labelled_batch and record.labelled_batch != record.batch and record.labelled_auc is not None:
+        late = {"batch": record.labelled_batch, "model_version": record.labelled_version or "unknown"}
+        gauges.set("healthpredict_batch_roc_auc", BATCH_GAUGES["healthpredict_batch_roc_auc"], late,
+                   record.labelled_auc)  # fmt: skip
+        gauges.set("healthpredict_model_test_roc_auc", BATCH_GAUGES["healthpredict_model_test_roc_auc"], late,
+                   record.labelled_baseline_auc)  # fmt: skip
+        gauges.set("healthpredict_auc_drop_tolerance", BATCH_GAUGES["healthpredict_auc_drop_tolerance"], late,
+                   auc_drop_tolerance)  # fmt: skip
+    return gauges.registry
 
 
 def push(settings: Settings, job: str, registry: CollectorRegistry) -> bool:

@@ -5,6 +5,9 @@ continuous improvement, deployment, image, Kubernetes, monitoring, AWS). Each fi
 :func:`var`; :meth:`Settings.from_env` reads them all, once, and fails at start with a message naming the
 variable when a value is malformed. Every entrypoint calls :func:`get_settings` (or
 :meth:`Settings.from_env` in tests) and passes the result down; no other module reads the environment.
+
+This module is longer than the others on purpose: it is the one list of every setting (most of its lines are
+the declarations, one per variable), kept together so that the README's table and the code cannot disagree.
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ class Scored:
     frame: pd.DataFrame  # with its labels, read only once they arrive
     scores: np.ndarray
     threshold: float
+    version: str  # the champion that scored it
+    test_auc: float | None  # that champion's test AUC
 
 
 @dataclass
@@ -209,7 +211,8 @@ def score_and_check(
     auc_before = auc_if_defined(labels, scores)
     same = state.frozen.version == champion.version
     frozen_auc = auc_before if same else auc_if_defined(labels, state.frozen.predict_proba(frame))
-    state.waiting.append(Scored(name, frame, scores, champion.threshold))
+    baseline_auc = champion_test_auc(champion)
+    state.waiting.append(Scored(name, frame, scores, champion.threshold, str(champion.version), baseline_auc))
     state.history.append(
         {"batch": name, "rows": len(frame), "drift share": drift.drift_share, "champion": f"v{champion.version}",
          "estimated AUC": drift.estimated_roc_auc, "champion AUC": None, "FNR gap by race": None}
@@ -217,7 +220,7 @@ def score_and_check(
     record = BatchDecision(
         batch=name, rows=len(frame), decision="keep", reason="", champion_before=str(champion.version),
         champion_after=str(champion.version), drift_share=drift.drift_share, dataset_drift=drift.dataset_drift,
-        auc_before=auc_before, baseline_auc=champion_test_auc(champion), frozen_auc=frozen_auc,
+        auc_before=auc_before, baseline_auc=baseline_auc, frozen_auc=frozen_auc,
         predictions_uri=predictions_uri, injected=injected, estimated_auc=drift.estimated_roc_auc,
     )  # fmt: skip
     return record, drift
@@ -244,7 +247,10 @@ def labels_arrive(
     for entry in state.history:
         if entry["batch"] == scored.name:
             entry.update({"champion AUC": auc, "FNR gap by race": gap})
-    return replace(record, labelled_batch=scored.name, labelled_auc=auc, fnr_gap_race=gap), audit
+    return replace(
+        record, labelled_batch=scored.name, labelled_auc=auc, labelled_version=scored.version,
+        labelled_baseline_auc=scored.test_auc, fnr_gap_race=gap,
+    ), audit  # fmt: skip
 
 
 def retrain_gate_deploy(

@@ -42,6 +42,8 @@ class BatchDecision:
     estimated_auc: float | None = None  # from the champion's scores alone, at arrival (no labels)
     labelled_batch: str | None = None  # the batch whose labels arrived with this one (label delay)
     labelled_auc: float | None = None  # the AUC of that batch's scores, the one the decision may use
+    labelled_version: str | None = None  # the champion that scored that batch at its arrival
+    labelled_baseline_auc: float | None = None  # that champion's test AUC
     fnr_gap_race: float | None = None  # the scoring model's largest FNR gap between races on the labelled batch
 
     @property
@@ -120,7 +122,7 @@ def log_decision(
             "champion_version_before": record.champion_before, "champion_version_after": record.champion_after,
             "challenger_version": record.challenger_version or "", "training_run_id": record.training_run_id or "",
             "predictions_uri": record.predictions_uri, "injected": record.injected or "",
-            "labelled_batch": record.labelled_batch or "",
+            "labelled_batch": record.labelled_batch or "", "labelled_version": record.labelled_version or "",
             "drifted_features": ",".join(drift.drifted_features),
         })  # fmt: skip
         metrics = {

@@ -297,10 +297,21 @@ def test_the_improvement_loop_pushes_each_batch(stack: Stack, champion_home: Pat
     result = improve(replace(settings, improvement=keep), ImprovementOptions(batches=2))
     assert [d.decision for d in result.decisions] == ["keep", "keep"]
     last = result.decisions[-1]
-    decision = f'healthpredict_improvement_decision{{job="{IMPROVEMENT_JOB}",decision="keep",champion_after="1"}}'
-    series = wait_for_value(stack, decision, 1)
-    assert series[0]["metric"]["batch"] == "batch_02" == last.batch
+    assert last.batch == "batch_02"
+    # The group is replaced per batch; until Prometheus scrapes the second push it still holds batch_01's series.
+    decision = (
+        f'healthpredict_improvement_decision{{job="{IMPROVEMENT_JOB}",batch="batch_02",'
+        'decision="keep",champion_after="1"}'
+    )
+    wait_for_value(stack, decision, 1)
+    assert promql(stack, f'healthpredict_improvement_decision{{job="{IMPROVEMENT_JOB}",batch="batch_01"}}') == []
     wait_for_value(stack, f'healthpredict_batch_drift_share{{job="{IMPROVEMENT_JOB}"}}', last.drift_share)
-    wait_for_value(stack, f'healthpredict_auc_drop_tolerance{{job="{IMPROVEMENT_JOB}"}}', 0.5)
-    assert last.auc_before is not None
-    wait_for_value(stack, f'healthpredict_batch_roc_auc{{job="{IMPROVEMENT_JOB}"}}', last.auc_before)
+    wait_for_value(stack, f'healthpredict_auc_drop_tolerance{{job="{IMPROVEMENT_JOB}",batch="batch_02"}}', 0.5)
+    # Labels arrive one batch late (the default): batch_01's realised AUC comes with batch_02, under batch_01's
+    # labels and the version that scored it, beside that version's test AUC, so the AUC-drop alert can read it.
+    assert last.labelled_batch == "batch_01" and last.labelled_auc is not None
+    late = f'job="{IMPROVEMENT_JOB}",batch="batch_01",model_version="1"'
+    wait_for_value(stack, f"healthpredict_batch_roc_auc{{{late}}}", last.labelled_auc)
+    wait_for_value(stack, f"healthpredict_model_test_roc_auc{{{late}}}", last.baseline_auc)
+    assert promql(stack, f'healthpredict_batch_roc_auc{{job="{IMPROVEMENT_JOB}",batch="batch_02"}}') == []
+    wait_for_value(stack, f'healthpredict_batch_estimated_roc_auc{{job="{IMPROVEMENT_JOB}"}}', last.estimated_auc)
