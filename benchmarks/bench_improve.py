@@ -13,7 +13,7 @@ delay given. Also reported: the mean absolute error of the AUC estimated from sc
 realised AUC.
 
     HEALTHPREDICT_RAW_DATA=../shared/data/dataset_diabetes.zip python benchmarks/bench_improve.py \\
-        [--seeds 1 2 3] [--delays 0 1] [--record]
+        [--seeds 1 2 3] [--delays 0 1] [--json runs.jsonl] [--record]
 """
 
 from __future__ import annotations
@@ -123,17 +123,27 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="search seeds (the split is fixed)")
     parser.add_argument("--delays", nargs="+", type=int, default=[0, 1], help="label delays in batches")
     parser.add_argument("--record", action="store_true", help="write the result into docs/PERFORMANCE.md")
-    parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument(
+        "--json", type=Path,
+        help="append every run's numbers here as JSON lines; runs (seed, delay) already in the file are not rerun",
+    )  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     runs = []
+    if args.json and args.json.exists():
+        runs = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
+        print(f"{len(runs)} earlier run(s) read from {args.json}", flush=True)
     for delay in args.delays:
         for seed in args.seeds:
+            if any(r["seed"] == seed and r["delay"] == delay for r in runs):
+                continue
             with tempfile.TemporaryDirectory(prefix=f"bench-improve-s{seed}-d{delay}-") as home:
                 runs.append(one_run(Path(home), seed, delay))
-                print(json.dumps({k: v for k, v in runs[-1].items() if k != "per_batch"}), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=1))
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "per_batch"}), flush=True)
+            if args.json:
+                with args.json.open("a") as lines:
+                    lines.write(json.dumps(runs[-1]) + "\n")
+    runs = [r for r in runs if r["seed"] in args.seeds and r["delay"] in args.delays]
     body = report(runs, Settings.from_env({**BUDGET, **os.environ}).improvement)
     print(body)
     if args.record:
