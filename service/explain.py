@@ -7,6 +7,7 @@ Each answer holds every input field's contribution to the log-odds and the large
 
 from __future__ import annotations
 
+import functools
 from itertools import compress
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from healthpredict.fast_inference.base import usable_cores
 from healthpredict.fast_inference.explain import FIELDS, Explainer, Explanations
 from healthpredict.features import is_out_of_scope
 from healthpredict.model_card import HTML_FILE, MARKDOWN_FILE
@@ -55,6 +57,12 @@ from service.schemas import (
 TOP_FIELDS = 5
 #: Explanations of more rows than this run in a worker thread (a TreeSHAP row costs about half a millisecond).
 THREAD_EXPLAIN_ROWS = 16
+
+
+@functools.cache
+def explain_limiter() -> anyio.CapacityLimiter:
+    """Worker threads for single-record TreeSHAP: one per usable core (made in the event loop's thread)."""
+    return anyio.CapacityLimiter(usable_cores())
 
 
 def explainer_of(served: ServedModel) -> Explainer:
@@ -95,7 +103,12 @@ class ExplainController(Controller):
             error = out_of_scope_error("")
             raise RequestRejected(HTTP_422_UNPROCESSABLE_ENTITY, error.message, [error])
         served = serving(state)
-        explained = explainer_of(served).explain_rows([msgspec.structs.astuple(record)])
+        explainer = explainer_of(served)
+        rows = [msgspec.structs.astuple(record)]
+        if explainer.threaded:  # TreeSHAP: concurrent requests on the usable cores, the event loop kept free
+            explained = await anyio.to_thread.run_sync(explainer.explain_rows, rows, limiter=explain_limiter())
+        else:
+            explained = explainer.explain_rows(rows)
         one = explanation(explained, 0, served.threshold)
         return ExplainResponse(
             **msgspec.structs.asdict(one), base_value=explained.base, threshold=served.threshold,

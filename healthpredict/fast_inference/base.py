@@ -24,7 +24,7 @@ class CompileError(ValueError):
     """The pipeline holds a step the compiler does not reproduce; the message names it."""
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))

@@ -23,7 +23,7 @@ from healthpredict.fast_inference.base import (
     Runtime,
     _pool,
     _split_rows,
-    _usable_cores,
+    usable_cores,
 )
 from healthpredict.fast_inference.encoder import FeatureEncoder, _as_row_values
 from healthpredict.features import (
@@ -137,7 +137,7 @@ def compile_pipeline(
             return runtimes.tree_runtime(model, encoder.n_features)
         return runtimes.sklearn_runtime(model)
 
-    threads = batch_threads or _usable_cores()
+    threads = batch_threads or usable_cores()
     # XGBoost's own predictor and the tree runtime (row slices on a thread pool) gain from more threads on 10k
     # rows (docs/PERFORMANCE.md).
     threaded = batch_runtime in ("xgboost-inplace", "trees") and threads > 1

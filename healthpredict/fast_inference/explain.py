@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,12 +107,15 @@ class Explainer:
             else:
                 self._direct[j, _FIELD[_SOURCE.get(feature, feature)]] = 1.0
         self._contributions: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]]
+        #: Whether a single record's explanation is worth a worker thread (it releases the GIL and takes ~1 ms).
+        self.threaded = False
         if linear:
             self._contributions = self._linear(model, background)
             self.method = "linear: coef × (x − training mean)" if background is not None else "linear: coef × x"
         elif type(model).__name__ == "XGBClassifier":
             self._contributions = self._xgboost(model)
             self.method = "TreeSHAP (XGBoost pred_contribs)"
+            self.threaded = True
         elif isinstance(model, RandomForestClassifier):
             self._contributions = self._forest(model)
             self.method = "path contributions (random forest), rescaled to log-odds"
@@ -136,13 +140,25 @@ class Explainer:
     def _xgboost(model: Any) -> Callable[..., Any]:
         import xgboost
 
-        # A private single-threaded copy: one record's TreeSHAP takes about a millisecond, where waking a thread
-        # pool costs more; and the served model's own booster keeps its threads for batch predictions.
-        booster = model.get_booster().copy()
-        booster.set_param({"nthread": 1})
+        # Private single-threaded copies, one per calling thread: one record's TreeSHAP takes about a millisecond,
+        # where waking XGBoost's thread pool costs more, so concurrent requests run on separate threads instead
+        # (XGBoost releases the GIL while it predicts); the served model's own booster keeps its threads for
+        # batch predictions.
+        source = model.get_booster()
+        local = threading.local()
+
+        def own_booster() -> Any:
+            booster = getattr(local, "booster", None)
+            if booster is None:
+                booster = local.booster = source.copy()
+                booster.set_param({"nthread": 1})
+            return booster
+
+        own_booster()  # the loading thread's copy, made (and any error raised) at load
 
         def contributions(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
             data = xgboost.DMatrix(matrix, nthread=1)
+            booster = own_booster()
             shap = np.asarray(booster.predict(data, pred_contribs=True, validate_features=False), dtype=np.float64)
             # TreeSHAP is exact: the bias plus the contributions is the margin (the log-odds).
             return shap[:, :-1], shap.sum(axis=1), float(shap[0, -1]) if len(shap) else math.nan

@@ -107,6 +107,21 @@ def test_shared_features_divide_their_contribution_by_the_documented_rule() -> N
         assert all(shares[position[s]] == pytest.approx(1 / len(sources)) for s in sources), feature
 
 
+def test_concurrent_treeshap_threads_give_the_serial_answers(fitted: dict[str, Any]) -> None:
+    """The service explains XGBoost records on several worker threads; each has its own booster copy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    explainer = Explainer(fitted["xgboost"])
+    assert explainer.threaded
+    frame, _ = training_frame(64, seed=2)
+    rows = [tuple(r) for r in frame.astype(object).where(frame.notna(), None).itertuples(index=False)]
+    serial = [explainer.explain_rows([row]).contributions[0] for row in rows]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda row: explainer.explain_rows([row]).contributions[0], rows * 4))
+    assert all(np.array_equal(p, serial[i % len(rows)]) for i, p in enumerate(parallel))
+    assert not Explainer(fitted["logreg"]).threaded and not Explainer(fitted["random_forest"]).threaded
+
+
 # -- the service ---------------------------------------------------------------------------------------------
 
 
