@@ -8,8 +8,10 @@ limit of 1, so only the host itself reaches the instance role.
 from __future__ import annotations
 
 import shlex
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -91,7 +93,30 @@ for page in pages:
 """
 
 
-def render_user_data(
+#: Where cloud-init writes the bootstrap script on the host (root only) before it runs it once.
+BOOTSTRAP_PATH = "/usr/local/sbin/healthpredict-bootstrap"
+
+
+def render_user_data(**values: Any) -> str:
+    """The instance's user data: a ``#cloud-config`` document (validated by ``cloud-init schema`` in the tests)
+    that writes :func:`render_bootstrap_script` root-only to :data:`BOOTSTRAP_PATH` and runs it once (``runcmd``).
+    The script is a YAML literal block, so it reaches the host byte for byte."""
+    script = render_bootstrap_script(**values)
+    return (
+        "#cloud-config\n"
+        "# HealthPredict host: the bootstrap script below, written root-only and run once by cloud-init.\n"
+        "write_files:\n"
+        f"  - path: {BOOTSTRAP_PATH}\n"
+        "    owner: root:root\n"
+        "    permissions: '0700'\n"
+        "    content: |\n"
+        f"{textwrap.indent(script, '      ')}"
+        "runcmd:\n"
+        f"  - [{BOOTSTRAP_PATH}]\n"
+    )
+
+
+def render_bootstrap_script(
     *,
     repo_url: str,
     repo_ref: str,
@@ -103,9 +128,9 @@ def render_user_data(
     tools: ToolPins,
     compose_file: str | None = None,
 ) -> str:
-    """Cloud-init shell script: Docker + Compose v2, pinned kubectl and Minikube (sha256-checked), the stack's
-    secrets from SSM into a root-only .env, the instance role's credentials refreshed for the containers that
-    need them, ``docker compose up -d``, a smoke check whose result is written to ``status_parameter``.
+    """The host bootstrap, a bash script: Docker + Compose v2, pinned kubectl and Minikube (sha256-checked), the
+    stack's secrets from SSM into a root-only .env, the instance role's credentials refreshed for the containers
+    that need them, ``docker compose up -d``, a smoke check whose result is written to ``status_parameter``.
 
     Every interpolated value is shell-quoted; config validation already restricts them further.
     """

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import require_executable
 
-from infra_pulumi.compute import ToolPins, render_user_data
+from infra_pulumi.compute import BOOTSTRAP_PATH, ToolPins, render_bootstrap_script, render_user_data
 from infra_pulumi.config import InfraConfig, check_known_keys, parse_port_range
 from infra_pulumi.iam import host_policy_document
 from infra_pulumi.registry import DEPLOYED_TAG_PREFIX, keep_last_policy
@@ -142,6 +142,30 @@ def render(**overrides: Any) -> str:
     return render_user_data(**{**values, **overrides})
 
 
+def bootstrap_script(user_data: str) -> str:
+    """The script the cloud-config writes to the host (parsed as cloud-init parses it)."""
+    import yaml
+
+    config = yaml.safe_load(user_data)
+    assert user_data.startswith("#cloud-config\n")
+    (written,) = config["write_files"]
+    assert written["path"] == BOOTSTRAP_PATH and written["permissions"] == "0700" and written["owner"] == "root:root"
+    assert config["runcmd"] == [[BOOTSTRAP_PATH]]
+    return str(written["content"])
+
+
+def test_user_data_carries_the_bootstrap_script_byte_for_byte() -> None:
+    values = dict(
+        repo_url="https://github.com/example-org/healthpredict.git", repo_ref="release/1.0",
+        bucket_name="bucket with space", ecr_repository_url="1.dkr.ecr.eu-west-1.amazonaws.com/repo",
+        region="eu-west-1", secrets_path="/healthpredict/dev", status_parameter="/healthpredict/dev/bootstrap-status",
+        tools=PINS,
+    )  # fmt: skip
+    script = bootstrap_script(render_user_data(**values))
+    assert script == render_bootstrap_script(**values)
+    assert script.startswith("#!/bin/bash\n")
+
+
 def test_user_data_quotes_interpolated_values() -> None:
     script = render()
     assert "HEALTHPREDICT_BUCKET='bucket with space'" in script
@@ -164,10 +188,19 @@ def test_tool_pins_are_refused_unless_full_sha256() -> None:
         InfraConfig(**{**VALID, "kubectl_sha256": "abc"})
 
 
+def test_rendered_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
+    user_data = tmp_path / "user-data.yaml"
+    user_data.write_text(render())
+    exe = require_executable("cloud-init", "apt-get install cloud-init")
+    proc = subprocess.run([exe, "schema", "--config-file", str(user_data)], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("tool", ["bash", "shellcheck"])
 def test_rendered_user_data_is_valid_shell(tmp_path: Path, tool: str) -> None:
     script = tmp_path / "user-data.sh"
-    script.write_text(render())
+    script.write_text(bootstrap_script(render()))
     exe = require_executable(tool, "apt-get install shellcheck" if tool == "shellcheck" else "")
     command = [exe, "-n", str(script)] if tool == "bash" else [exe, "-S", "warning", "-s", "bash", str(script)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)

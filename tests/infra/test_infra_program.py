@@ -292,7 +292,10 @@ def test_instance_is_sized_hardened_and_uses_ubuntu_lts(runs: dict[str, dict[str
 
 def test_user_data_installs_tooling_clones_repo_and_starts_compose(runs: dict[str, dict[str, Any]]) -> None:
     result = ok(runs, "default")
-    script = one(result, "aws:ec2/instance:Instance")["userData"]
+    user_data = one(result, "aws:ec2/instance:Instance")["userData"]
+    assert user_data.startswith("#cloud-config\n")
+    (written,) = yaml.safe_load(user_data)["write_files"]
+    script = written["content"]
     assert script.startswith("#!/bin/bash")
     for needle in (
         "docker-ce",
