@@ -129,6 +129,44 @@ def out_of_scope_error(prefix: str) -> FieldError:
     )
 
 
+async def read_record(request: Request[Any, Any, Any]) -> PatientRecord:
+    """One encounter's body, strictly decoded; an encounter outside the model's scope is a 422."""
+    record: PatientRecord = decode(RECORD_DECODER, await request.body())
+    if is_out_of_scope(record.discharge_disposition_id):
+        error = out_of_scope_error("")
+        raise RequestRejected(HTTP_422_UNPROCESSABLE_ENTITY, error.message, [error])
+    return record
+
+
+async def read_batch(
+    request: Request[Any, Any, Any], limit: int, variable: str, limit_name: str = "the limit"
+) -> list[PatientRecord]:
+    """A batch body, strictly decoded (off the event loop when large): more than ``limit`` records (the setting
+    ``variable``) is a 413, any encounter outside the model's scope a 422 naming the first 20."""
+    body = await request.body()
+    if len(body) > THREAD_DECODE_BYTES:  # a large body is decoded off the event loop
+        batch = await anyio.to_thread.run_sync(decode, BATCH_DECODER, body)
+    else:
+        batch = decode(BATCH_DECODER, body)
+    records: list[PatientRecord] = batch.records
+    if len(records) > limit:
+        raise RequestRejected(
+            HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            f"batch has {len(records)} records; {limit_name} is {limit} ({variable})",
+            [FieldError(field="records", message=f"at most {limit} records")],
+        )
+    outside = list(compress(range(len(records)), map(is_out_of_scope, map(_DISCHARGE, records))))
+    if outside:
+        errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
+        raise RequestRejected(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            f"{len(outside)} record(s) are outside the model's scope (discharge to hospice or death), "
+            f"first at records[{outside[0]}]",
+            errors,
+        )
+    return records
+
+
 @dataclass(frozen=True)
 class ServiceState:
     settings: Settings
@@ -190,10 +228,7 @@ class PredictionController(Controller):
     )
     async def predict(self, request: Request[Any, Any, Any]) -> PredictResponse:
         state = service_state(request)
-        record = decode(RECORD_DECODER, await request.body())
-        if is_out_of_scope(record.discharge_disposition_id):
-            error = out_of_scope_error("")
-            raise RequestRejected(HTTP_422_UNPROCESSABLE_ENTITY, error.message, [error])
+        record = await read_record(request)
         served = serving(state)
         probability = float(served.predict_rows([msgspec.structs.astuple(record)])[0])
         label = int(probability >= served.threshold)
@@ -213,28 +248,7 @@ class PredictionController(Controller):
     )
     async def predict_batch(self, request: Request[Any, Any, Any]) -> BatchResponse:
         state = service_state(request)
-        body = await request.body()
-        if len(body) > THREAD_DECODE_BYTES:  # a large body is decoded off the event loop
-            batch = await anyio.to_thread.run_sync(decode, BATCH_DECODER, body)
-        else:
-            batch = decode(BATCH_DECODER, body)
-        records = batch.records
-        limit = state.settings.service.max_batch_records
-        if len(records) > limit:
-            raise RequestRejected(
-                HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                f"batch has {len(records)} records; the limit is {limit} (HEALTHPREDICT_MAX_BATCH_RECORDS)",
-                [FieldError(field="records", message=f"at most {limit} records")],
-            )
-        outside = list(compress(range(len(records)), map(is_out_of_scope, map(_DISCHARGE, records))))
-        if outside:
-            errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
-            raise RequestRejected(
-                HTTP_422_UNPROCESSABLE_ENTITY,
-                f"{len(outside)} record(s) are outside the model's scope (discharge to hospice or death), "
-                f"first at records[{outside[0]}]",
-                errors,
-            )
+        records = await read_batch(request, state.settings.service.max_batch_records, "HEALTHPREDICT_MAX_BATCH_RECORDS")
         served = serving(state)
         # Records become row tuples inside the predictor, chunk by chunk (overlapping the previous chunk's trees).
         if len(records) > THREAD_OFFLOAD_ROWS:

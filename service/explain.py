@@ -8,7 +8,6 @@ Each answer holds every input field's contribution to the log-odds and the large
 from __future__ import annotations
 
 import functools
-from itertools import compress
 from typing import Any, Literal
 
 import anyio
@@ -19,43 +18,35 @@ from litestar.params import Parameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_404_NOT_FOUND,
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
 from healthpredict.fast_inference.base import usable_cores
 from healthpredict.fast_inference.explain import FIELDS, Explainer, Explanations
-from healthpredict.features import is_out_of_scope
 from healthpredict.model_card import HTML_FILE, MARKDOWN_FILE
 from service.controllers import (
-    _DISCHARGE,
     _ERRORS,
-    THREAD_DECODE_BYTES,
     RequestRejected,
     _body_operation,
-    decode,
-    out_of_scope_error,
+    read_batch,
+    read_record,
     service_state,
     serving,
 )
 from service.model_manager import ServedModel
 from service.schemas import (
-    BATCH_DECODER,
-    RECORD_DECODER,
     BatchRequest,
     ErrorResponse,
     ExplainBatchResponse,
     ExplainResponse,
     Explanation,
     FieldContribution,
-    FieldError,
     PatientRecord,
 )
 
 #: Fields listed in ``top`` of each explanation.
 TOP_FIELDS = 5
-#: Explanations of more rows than this run in a worker thread (a TreeSHAP row costs about half a millisecond).
+#: Explanations of more rows than this run in a worker thread (a TreeSHAP row costs about a millisecond).
 THREAD_EXPLAIN_ROWS = 16
 
 
@@ -98,10 +89,7 @@ class ExplainController(Controller):
     )
     async def explain(self, request: Request[Any, Any, Any]) -> ExplainResponse:
         state = service_state(request)
-        record = decode(RECORD_DECODER, await request.body())
-        if is_out_of_scope(record.discharge_disposition_id):
-            error = out_of_scope_error("")
-            raise RequestRejected(HTTP_422_UNPROCESSABLE_ENTITY, error.message, [error])
+        record = await read_record(request)
         served = serving(state)
         explainer = explainer_of(served)
         rows = [msgspec.structs.astuple(record)]
@@ -124,29 +112,10 @@ class ExplainController(Controller):
     )
     async def explain_batch(self, request: Request[Any, Any, Any]) -> ExplainBatchResponse:
         state = service_state(request)
-        body = await request.body()
-        if len(body) > THREAD_DECODE_BYTES:
-            batch = await anyio.to_thread.run_sync(decode, BATCH_DECODER, body)
-        else:
-            batch = decode(BATCH_DECODER, body)
-        records = batch.records
-        limit = state.settings.service.max_explain_records
-        if len(records) > limit:
-            raise RequestRejected(
-                HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                f"batch has {len(records)} records; the limit for explanations is {limit} "
-                "(HEALTHPREDICT_MAX_EXPLAIN_RECORDS)",
-                [FieldError(field="records", message=f"at most {limit} records")],
-            )
-        outside = list(compress(range(len(records)), map(is_out_of_scope, map(_DISCHARGE, records))))
-        if outside:
-            errors = [out_of_scope_error(f"records[{i}].") for i in outside[:20]]
-            raise RequestRejected(
-                HTTP_422_UNPROCESSABLE_ENTITY,
-                f"{len(outside)} record(s) are outside the model's scope (discharge to hospice or death), "
-                f"first at records[{outside[0]}]",
-                errors,
-            )
+        records = await read_batch(
+            request, state.settings.service.max_explain_records, "HEALTHPREDICT_MAX_EXPLAIN_RECORDS",
+            limit_name="the limit for explanations",
+        )  # fmt: skip
         served = serving(state)
         explainer = explainer_of(served)
         rows = [msgspec.structs.astuple(r) for r in records]
