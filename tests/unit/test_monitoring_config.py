@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -231,18 +232,10 @@ def dashboard() -> dict[str, Any]:
 
 
 def expanded_queries() -> list[tuple[str, str]]:
-    """(panel title, query) with the template variables expanded, as monitoring/check_dashboard.py sends them."""
-    board = dashboard()
-    variables = {v["name"]: [o["value"] for o in v["options"]] for v in board["templating"]["list"]}
-    found = []
-    for panel in board["panels"]:
-        for target in panel.get("targets", []):
-            exprs = [target["expr"]]
-            for name, values in variables.items():
-                if any(f"${name}" in e for e in exprs):
-                    exprs = [e.replace(f"${name}", value) for e in exprs for value in values]
-            found += [(panel["title"], e) for e in exprs]
-    return found
+    """(panel title, query) with the template variables expanded, by monitoring/check_dashboard.py itself: the
+    queries it sends to Prometheus."""
+    queries = runpy.run_path(str(MONITORING / "check_dashboard.py"))["dashboard_queries"]
+    return [(title, expr) for title, _, expr in queries(dashboard())]
 
 
 def service_metric_names() -> set[str]:
