@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 DRIFT_JOB = "healthpredict_drift"
 IMPROVEMENT_JOB = "healthpredict_improvement"
 
-BATCH_LABELS = ("batch", "model_version")
-
 #: Per-batch gauges: name → help. Optional ones are pushed only when the check knows them.
 BATCH_GAUGES: dict[str, str] = {
     "healthpredict_batch_rows": "Rows in the batch",
@@ -71,6 +69,7 @@ IMPROVEMENT_GAUGES: dict[str, str] = {
 }
 #: Every metric name a push can carry (the dashboard and the alert rules may use these).
 PUSHED_METRICS = frozenset((*BATCH_GAUGES, *FEATURE_GAUGES, *IMPROVEMENT_GAUGES))
+_HELP = {**BATCH_GAUGES, **FEATURE_GAUGES, **IMPROVEMENT_GAUGES}
 
 
 def _batch_values(result: DriftResult, auc_drop_tolerance: float) -> dict[str, float | None]:
@@ -106,11 +105,12 @@ class _Gauges:
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
 
-    def set(self, name: str, help_text: str, labels: dict[str, str], value: float | None) -> None:
+    def set(self, name: str, labels: dict[str, str], value: float | None) -> None:
+        """Set ``name`` (one of :data:`PUSHED_METRICS`, its help from the tables above) for ``labels``."""
         if value is None:
             return
         if name not in self._gauges:
-            self._gauges[name] = Gauge(name, help_text, tuple(labels), registry=self.registry)
+            self._gauges[name] = Gauge(name, _HELP[name], tuple(labels), registry=self.registry)
         self._gauges[name].labels(**labels).set(value)
 
 
@@ -118,13 +118,11 @@ def _drift_gauges(result: DriftResult, auc_drop_tolerance: float) -> _Gauges:
     gauges = _Gauges()
     labels = _labels(result)
     for name, value in _batch_values(result, auc_drop_tolerance).items():
-        gauges.set(name, BATCH_GAUGES[name], labels, value)
+        gauges.set(name, labels, value)
     for row in result.features:
         named = {**labels, "feature": row.feature, "kind": row.kind, "method": row.method}
-        gauges.set("healthpredict_feature_drift_score", FEATURE_GAUGES["healthpredict_feature_drift_score"], named,
-                   row.statistic)  # fmt: skip
-        gauges.set("healthpredict_feature_drifted", FEATURE_GAUGES["healthpredict_feature_drifted"], named,
-                   float(row.drifted))  # fmt: skip
+        gauges.set("healthpredict_feature_drift_score", named, row.statistic)
+        gauges.set("healthpredict_feature_drifted", named, float(row.drifted))
     return gauges
 
 
@@ -146,17 +144,14 @@ def decision_registry(record: BatchDecision, drift: DriftResult, auc_drop_tolera
         "healthpredict_batch_auc_after": record.auc_after,
     }
     for name, value in values.items():
-        gauges.set(name, IMPROVEMENT_GAUGES[name], labels, value)
-    gauges.set("healthpredict_improvement_decision", IMPROVEMENT_GAUGES["healthpredict_improvement_decision"],
-               {**labels, "decision": record.decision, "champion_after": record.champion_after}, 1.0)  # fmt: skip
+        gauges.set(name, labels, value)
+    decision = {**labels, "decision": record.decision, "champion_after": record.champion_after}
+    gauges.set("healthpredict_improvement_decision", decision, 1.0)
     if record.labelled_batch and record.labelled_batch != record.batch and record.labelled_auc is not None:
         late = {"batch": record.labelled_batch, "model_version": record.labelled_version or "unknown"}
-        gauges.set("healthpredict_batch_roc_auc", BATCH_GAUGES["healthpredict_batch_roc_auc"], late,
-                   record.labelled_auc)  # fmt: skip
-        gauges.set("healthpredict_model_test_roc_auc", BATCH_GAUGES["healthpredict_model_test_roc_auc"], late,
-                   record.labelled_baseline_auc)  # fmt: skip
-        gauges.set("healthpredict_auc_drop_tolerance", BATCH_GAUGES["healthpredict_auc_drop_tolerance"], late,
-                   auc_drop_tolerance)  # fmt: skip
+        gauges.set("healthpredict_batch_roc_auc", late, record.labelled_auc)
+        gauges.set("healthpredict_model_test_roc_auc", late, record.labelled_baseline_auc)
+        gauges.set("healthpredict_auc_drop_tolerance", late, auc_drop_tolerance)
     return gauges.registry
 
 
