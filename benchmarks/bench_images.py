@@ -38,12 +38,13 @@ def engine() -> Iterator[Any]:
     import docker
 
     try:
-        client = docker.from_env(timeout=1200)
-        client.ping()
-        yield client
-        return
+        configured = docker.from_env(timeout=1200)  # type: ignore[attr-defined]
+        configured.ping()
     except Exception:
-        pass
+        configured = None
+    if configured is not None:  # outside the try: an error in the caller's block must not start a dockerd
+        yield configured
+        return
     state = Path(tempfile.mkdtemp(prefix="bench-dockerd-"))
     socket = f"unix://{state / 'docker.sock'}"
     with (state / "dockerd.log").open("wb") as log:
