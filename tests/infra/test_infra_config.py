@@ -128,18 +128,20 @@ PINS = ToolPins(kubectl_version="v1.35.0", kubectl_sha256="a" * 64, minikube_ver
                 minikube_sha256="b" * 64)  # fmt: skip
 
 
+USER_DATA_VALUES: dict[str, Any] = {
+    "repo_url": "https://github.com/example-org/healthpredict.git",
+    "repo_ref": "release/1.0",
+    "bucket_name": "bucket with space",
+    "ecr_repository_url": "1.dkr.ecr.eu-west-1.amazonaws.com/repo",
+    "region": "eu-west-1",
+    "secrets_path": "/healthpredict/dev",
+    "status_parameter": "/healthpredict/dev/bootstrap-status",
+    "tools": PINS,
+}
+
+
 def render(**overrides: Any) -> str:
-    values: dict[str, Any] = {
-        "repo_url": "https://github.com/example-org/healthpredict.git",
-        "repo_ref": "release/1.0",
-        "bucket_name": "bucket with space",
-        "ecr_repository_url": "1.dkr.ecr.eu-west-1.amazonaws.com/repo",
-        "region": "eu-west-1",
-        "secrets_path": "/healthpredict/dev",
-        "status_parameter": "/healthpredict/dev/bootstrap-status",
-        "tools": PINS,
-    }
-    return render_user_data(**{**values, **overrides})
+    return render_user_data(**{**USER_DATA_VALUES, **overrides})
 
 
 def bootstrap_script(user_data: str) -> str:
@@ -155,14 +157,8 @@ def bootstrap_script(user_data: str) -> str:
 
 
 def test_user_data_carries_the_bootstrap_script_byte_for_byte() -> None:
-    values = dict(
-        repo_url="https://github.com/example-org/healthpredict.git", repo_ref="release/1.0",
-        bucket_name="bucket with space", ecr_repository_url="1.dkr.ecr.eu-west-1.amazonaws.com/repo",
-        region="eu-west-1", secrets_path="/healthpredict/dev", status_parameter="/healthpredict/dev/bootstrap-status",
-        tools=PINS,
-    )  # fmt: skip
-    script = bootstrap_script(render_user_data(**values))
-    assert script == render_bootstrap_script(**values)
+    script = bootstrap_script(render())
+    assert script == render_bootstrap_script(**USER_DATA_VALUES)
     assert script.startswith("#!/bin/bash\n")
 
 
