@@ -33,6 +33,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from healthpredict.fast_inference.base import usable_cores
 from healthpredict.features import EXCLUDED_DISCHARGE_IDS, is_out_of_scope
 from healthpredict.settings import Settings
 from service.metrics import WARMUP_SCOPE_KEY, ServiceMetrics
@@ -173,6 +174,8 @@ class ServiceState:
     manager: ModelManager
     metrics: ServiceMetrics
     warm: threading.Event = field(default_factory=threading.Event)  # the request path has run: ready may say yes
+    #: Worker threads for single-record TreeSHAP explanations: one per usable core.
+    explain_limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(usable_cores()))
 
 
 def service_state(request: Request[Any, Any, Any]) -> ServiceState:

@@ -7,7 +7,6 @@ Each answer holds every input field's contribution to the log-odds and the large
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import anyio
@@ -21,7 +20,6 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from healthpredict.fast_inference.base import usable_cores
 from healthpredict.fast_inference.explain import FIELDS, Explainer, Explanations
 from healthpredict.model_card import HTML_FILE, MARKDOWN_FILE
 from service.controllers import (
@@ -48,12 +46,6 @@ from service.schemas import (
 TOP_FIELDS = 5
 #: Explanations of more rows than this run in a worker thread (a TreeSHAP row costs about a millisecond).
 THREAD_EXPLAIN_ROWS = 16
-
-
-@functools.cache
-def explain_limiter() -> anyio.CapacityLimiter:
-    """Worker threads for single-record TreeSHAP: one per usable core (made in the event loop's thread)."""
-    return anyio.CapacityLimiter(usable_cores())
 
 
 def explainer_of(served: ServedModel) -> Explainer:
@@ -94,7 +86,7 @@ class ExplainController(Controller):
         explainer = explainer_of(served)
         rows = [msgspec.structs.astuple(record)]
         if explainer.threaded:  # TreeSHAP: concurrent requests on the usable cores, the event loop kept free
-            explained = await anyio.to_thread.run_sync(explainer.explain_rows, rows, limiter=explain_limiter())
+            explained = await anyio.to_thread.run_sync(explainer.explain_rows, rows, limiter=state.explain_limiter)
         else:
             explained = explainer.explain_rows(rows)
         one = explanation(explained, 0, served.threshold)
