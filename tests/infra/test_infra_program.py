@@ -150,9 +150,12 @@ def test_network_has_public_subnets_in_distinct_azs_routed_to_igw(runs: dict[str
     result = ok(runs, "default")
     vpc = one(result, "aws:ec2/vpc:Vpc")
     assert vpc["cidrBlock"] == "10.42.0.0/16" and vpc["enableDnsHostnames"] is True
+    # Pulumi registers the two subnets in no fixed order: compare them keyed by CIDR, each with its own AZ.
     subnets = [r["inputs"] for r in of_type(result, "aws:ec2/subnet:Subnet")]
-    assert [s["cidrBlock"] for s in subnets] == ["10.42.0.0/20", "10.42.16.0/20"]
-    assert [s["availabilityZone"] for s in subnets] == FAKE_AZS[:2]
+    assert len(subnets) == 2
+    assert {s["cidrBlock"]: s["availabilityZone"] for s in subnets} == {
+        "10.42.0.0/20": FAKE_AZS[0], "10.42.16.0/20": FAKE_AZS[1],
+    }  # fmt: skip
     assert all(s["mapPublicIpOnLaunch"] is True for s in subnets)
     routes = one(result, "aws:ec2/routeTable:RouteTable")["routes"]
     assert routes == [{"cidrBlock": "0.0.0.0/0", "gatewayId": "healthpredict-igw-id"}]
