@@ -2,7 +2,9 @@
 
 For one encounter, ``base + sum(contributions) == logit(probability)``:
 
-* XGBoost: exact TreeSHAP, the booster's own ``pred_contribs``; ``base`` is its bias term.
+* XGBoost: exact TreeSHAP (:mod:`healthpredict.fast_inference.treeshap`: per-leaf tables, about five times
+  faster than the booster's own ``pred_contribs`` on one record, and equal to it within 1e-6; the booster's
+  ``pred_contribs`` when the tables would be too large); ``base`` is the bias term.
 * Logistic regression: ``coef * (x - mean)`` per encoded column, ``base`` the logit at the training mean
   (stored with the model as ``explain_background``; without it, the all-zero encoding).
 * Random forest: path contributions (each split's change in the class-1 fraction, credited to the split's
@@ -20,6 +22,7 @@ medications when none is), so the total is kept exactly.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -35,8 +38,11 @@ from sklearn.pipeline import Pipeline
 
 from healthpredict.fast_inference.base import CompileError
 from healthpredict.fast_inference.encoder import FeatureEncoder, _as_row_values
+from healthpredict.fast_inference.treeshap import TreeShap
 from healthpredict.features import DIAG_COLUMNS, MODEL_INPUT_COLUMNS
 from healthpredict.schema import MEDICATION_COLUMNS
+
+log = logging.getLogger(__name__)
 
 FIELDS: tuple[str, ...] = MODEL_INPUT_COLUMNS
 _FIELD = {name: i for i, name in enumerate(FIELDS)}
@@ -107,14 +113,19 @@ class Explainer:
             else:
                 self._direct[j, _FIELD[_SOURCE.get(feature, feature)]] = 1.0
         self._contributions: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, float]]
-        #: Whether a single record's explanation is worth a worker thread (it releases the GIL and takes ~1 ms).
+        #: Whether a single record's explanation is worth a worker thread (TreeSHAP releases the GIL).
         self.threaded = False
         if linear:
             self._contributions = self._linear(model, background)
             self.method = "linear: coef × (x − training mean)" if background is not None else "linear: coef × x"
         elif type(model).__name__ == "XGBClassifier":
-            self._contributions = self._xgboost(model)
-            self.method = "TreeSHAP (XGBoost pred_contribs)"
+            try:
+                self._contributions = TreeShap.from_xgboost(model, self.encoder.n_features).contributions
+                self.method = "TreeSHAP (precomputed path tables)"
+            except CompileError as exc:
+                log.info("TreeSHAP tables unavailable (%s); using XGBoost's pred_contribs", exc)
+                self._contributions = self._xgboost(model)
+                self.method = "TreeSHAP (XGBoost pred_contribs)"
             self.threaded = True
         elif isinstance(model, RandomForestClassifier):
             self._contributions = self._forest(model)

@@ -126,33 +126,16 @@ class TreeEnsemble:
     def from_xgboost(cls, model: Any) -> TreeEnsemble:
         """A binary ``XGBClassifier`` (gbtree, numerical splits) from its JSON model: thresholds, default
         directions and leaf values as saved; the bias is the logit of ``base_score``."""
-        objective = model.get_params().get("objective") or "binary:logistic"
-        if objective != "binary:logistic":
-            raise CompileError(f"tree runtime expects binary:logistic, found {objective!r}")
-        if model.missing is not None and not math.isnan(model.missing):
-            raise CompileError(f"tree runtime treats only NaN as missing; the model's missing is {model.missing!r}")
-        learner = json.loads(bytes(model.get_booster().save_raw("json")))["learner"]
-        booster = learner["gradient_booster"]
-        if booster.get("name") != "gbtree":
-            raise CompileError(f"tree runtime expects the gbtree booster, found {booster.get('name')!r}")
-        trees = booster["model"]["trees"]
-        per_round = int(booster["model"]["gbtree_model_param"].get("num_parallel_tree", 1))
-        begin, end = model._get_iteration_range(None)
-        trees = trees[begin * per_round : (end * per_round if end else len(trees))]
+        trees, bias = xgboost_json_trees(model)
         converted: list[Tree] = []
         for tree in trees:
-            if any(int(t) != 0 for t in tree.get("split_type", [])) or tree.get("categories"):
-                raise CompileError("tree runtime does not handle categorical splits")
             # A leaf's value sits in its split condition; both are float32 in the booster.
             conditions = np.asarray(tree["split_conditions"], dtype=np.float32).astype(np.float64).tolist()
             converted.append(
                 (tree["left_children"], tree["right_children"], tree["split_indices"], conditions,
                  [bool(d) for d in tree["default_left"]], conditions)
             )  # fmt: skip
-        base_score = float(np.float32(str(learner["learner_model_param"]["base_score"]).strip("[]").split(",")[0]))
-        if not 0.0 < base_score < 1.0:
-            raise CompileError(f"base_score {base_score} is not a probability")
-        return cls(converted, "logistic", bias=math.log(base_score / (1.0 - base_score)))
+        return cls(converted, "logistic", bias=bias)
 
     @classmethod
     def from_random_forest(cls, model: RandomForestClassifier) -> TreeEnsemble:
@@ -178,6 +161,33 @@ class TreeEnsemble:
             self.nodes, self.thresholds, self.roots, self.leaf_values, np.ascontiguousarray(matrix, dtype=np.float32),
             self.logistic, self.bias, self.scale,
         )  # fmt: skip
+
+
+def xgboost_json_trees(model: Any) -> tuple[list[dict[str, Any]], float]:
+    """The trees a binary ``XGBClassifier`` predicts with (gbtree, numerical splits, NaN as missing), as the
+    booster's JSON model holds them, and the margin's bias (the logit of ``base_score``). The fields read from
+    each tree: ``left_children``, ``right_children``, ``split_indices``, ``split_conditions`` (a leaf's value sits
+    in its condition), ``default_left``, and for explanations ``sum_hessian`` (each node's cover)."""
+    objective = model.get_params().get("objective") or "binary:logistic"
+    if objective != "binary:logistic":
+        raise CompileError(f"tree runtime expects binary:logistic, found {objective!r}")
+    if model.missing is not None and not math.isnan(model.missing):
+        raise CompileError(f"tree runtime treats only NaN as missing; the model's missing is {model.missing!r}")
+    learner = json.loads(bytes(model.get_booster().save_raw("json")))["learner"]
+    booster = learner["gradient_booster"]
+    if booster.get("name") != "gbtree":
+        raise CompileError(f"tree runtime expects the gbtree booster, found {booster.get('name')!r}")
+    trees = booster["model"]["trees"]
+    per_round = int(booster["model"]["gbtree_model_param"].get("num_parallel_tree", 1))
+    begin, end = model._get_iteration_range(None)
+    trees = trees[begin * per_round : (end * per_round if end else len(trees))]
+    for tree in trees:
+        if any(int(t) != 0 for t in tree.get("split_type", [])) or tree.get("categories"):
+            raise CompileError("tree runtime does not handle categorical splits")
+    base_score = float(np.float32(str(learner["learner_model_param"]["base_score"]).strip("[]").split(",")[0]))
+    if not 0.0 < base_score < 1.0:
+        raise CompileError(f"base_score {base_score} is not a probability")
+    return trees, math.log(base_score / (1.0 - base_score))
 
 
 def _strict_threshold(threshold: float) -> float:

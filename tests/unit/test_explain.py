@@ -122,6 +122,50 @@ def test_concurrent_treeshap_threads_give_the_serial_answers(fitted: dict[str, A
     assert not Explainer(fitted["logreg"]).threaded and not Explainer(fitted["random_forest"]).threaded
 
 
+def _pred_contribs(model: Any, matrix: np.ndarray) -> np.ndarray:
+    import xgboost
+
+    return np.asarray(model.get_booster().predict(xgboost.DMatrix(matrix), pred_contribs=True), dtype=np.float64)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_treeshap_tables_equal_xgboosts_own_treeshap(depth: int) -> None:
+    """Per column and bias, on rows with missing values and with features split again further down a path."""
+    from xgboost import XGBClassifier
+
+    from healthpredict.fast_inference.treeshap import TreeShap
+
+    rng = np.random.default_rng(depth)
+    matrix = rng.normal(size=(600, 5)).astype(np.float32)
+    target = ((matrix[:, 0] > 0.3) ^ (matrix[:, 1] * matrix[:, 0] > 0.2) | (matrix[:, 2] > 1.5)).astype(int)
+    matrix[rng.random(matrix.shape) < 0.1] = np.nan  # missing values take each split's default direction
+    model = XGBClassifier(n_estimators=25, max_depth=depth, learning_rate=0.3, base_score=0.3).fit(matrix, target)
+    shap = TreeShap.from_xgboost(model, matrix.shape[1])
+    if depth == 6:
+        assert int(shap.leaf_width.max()) < 6  # a path split a feature again: the slots are merged
+    phi, margin, bias = shap.contributions(matrix)
+    expected = _pred_contribs(model, matrix)
+    assert np.abs(phi - expected[:, :-1]).max() < 1e-5
+    assert bias == pytest.approx(float(expected[0, -1]), abs=1e-5)
+    assert np.abs(margin - model.predict(matrix, output_margin=True)).max() < 1e-5
+    assert np.abs(phi).max() > 0.01
+
+
+def test_a_model_too_large_for_the_tables_falls_back_to_xgboosts_treeshap(
+    fitted: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from healthpredict.fast_inference import treeshap
+
+    frame, _ = training_frame(50, seed=3)
+    tables = Explainer(fitted["xgboost"]).explain_frame(frame)
+    monkeypatch.setattr(treeshap, "TABLE_BUDGET_BYTES", 1024)
+    explainer = Explainer(fitted["xgboost"])
+    assert explainer.method == "TreeSHAP (XGBoost pred_contribs)"
+    booster = explainer.explain_frame(frame)
+    assert np.abs(booster.contributions - tables.contributions).max() < 1e-5
+    assert np.abs(booster.logits - tables.logits).max() < 1e-5
+
+
 # -- the service ---------------------------------------------------------------------------------------------
 
 
@@ -198,7 +242,7 @@ def test_model_card_is_served_in_both_formats(served: TestClient[Any]) -> None:
     assert "<h1>Model card: test</h1>" in page.text
     assert served.get("/v1/model/card", params={"format": "pdf"}).status_code == 400
     described = served.get("/v1/model").json()
-    assert described["explanations"] == "TreeSHAP (XGBoost pred_contribs)"
+    assert described["explanations"] == "TreeSHAP (precomputed path tables)"
 
 
 def test_a_model_without_a_card_answers_404(tmp_path: Path, fitted: dict[str, Any]) -> None:

@@ -300,8 +300,9 @@ def test_verified_compile_falls_back_to_an_exact_runtime(
 
 
 def test_xgboost_json_still_holds_the_fields_the_tree_runtime_reads() -> None:
-    """The tree runtime reads XGBoost's JSON model (versions pinned in pyproject.toml): if a release renames or
-    reshapes one of these fields, this fails before a model is served with a wrong reading of it."""
+    """The tree runtime and the TreeSHAP tables read XGBoost's JSON model (versions pinned in pyproject.toml): if
+    a release renames or reshapes one of these fields, this fails before a model is served with a wrong reading
+    of it."""
     import json
 
     from xgboost import XGBClassifier
@@ -318,8 +319,13 @@ def test_xgboost_json_still_holds_the_fields_the_tree_runtime_reads() -> None:
     assert len(trees) == 3
     for tree in trees:
         nodes = int(tree["tree_param"]["num_nodes"])
-        for field in ("left_children", "right_children", "split_indices", "split_conditions", "default_left"):
+        fields = ("left_children", "right_children", "split_indices", "split_conditions", "default_left", "sum_hessian")
+        for field in fields:  # sum_hessian: each node's cover, read by the TreeSHAP tables
             assert len(tree[field]) == nodes, field
+        cover = np.asarray(tree["sum_hessian"])
+        inner = [i for i in range(nodes) if tree["left_children"][i] != -1]
+        children = cover[[tree["left_children"][i] for i in inner]] + cover[[tree["right_children"][i] for i in inner]]
+        assert np.allclose(children, cover[inner], rtol=1e-4)  # a node's cover is its children's
         assert all(int(kind) == 0 for kind in tree["split_type"])  # numeric splits only
         assert not tree["categories"]
         leaves = [i for i in range(nodes) if tree["left_children"][i] == -1]
