@@ -3,8 +3,9 @@
 For one encounter, ``base + sum(contributions) == logit(probability)``:
 
 * XGBoost: exact TreeSHAP (:mod:`healthpredict.fast_inference.treeshap`: per-leaf tables, about five times
-  faster than the booster's own ``pred_contribs`` on one record, and equal to it within 1e-6; the booster's
-  ``pred_contribs`` when the tables would be too large); ``base`` is the bias term.
+  faster than the booster's own ``pred_contribs`` on one record, and equal to it up to XGBoost's float32
+  rounding, a few 1e-6 at most; the booster's ``pred_contribs`` when the tables would be too large);
+  ``base`` is the bias term.
 * Logistic regression: ``coef * (x - mean)`` per encoded column, ``base`` the logit at the training mean
   (stored with the model as ``explain_background``; without it, the all-zero encoding).
 * Random forest: path contributions (each split's change in the class-1 fraction, credited to the split's
@@ -156,6 +157,7 @@ class Explainer:
         # (XGBoost releases the GIL while it predicts); the served model's own booster keeps its threads for
         # batch predictions.
         source = model.get_booster()
+        iterations = model._get_iteration_range(None)  # the trees predict_proba uses (best_iteration, if any)
         local = threading.local()
 
         def own_booster() -> Any:
@@ -170,7 +172,10 @@ class Explainer:
         def contributions(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
             data = xgboost.DMatrix(matrix, nthread=1)
             booster = own_booster()
-            shap = np.asarray(booster.predict(data, pred_contribs=True, validate_features=False), dtype=np.float64)
+            shap = np.asarray(
+                booster.predict(data, pred_contribs=True, validate_features=False, iteration_range=iterations),
+                dtype=np.float64,
+            )
             # TreeSHAP is exact: the bias plus the contributions is the margin (the log-odds).
             return shap[:, :-1], shap.sum(axis=1), float(shap[0, -1]) if len(shap) else math.nan
 

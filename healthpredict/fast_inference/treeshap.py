@@ -39,6 +39,7 @@ class TreeShap:
     """The per-leaf tables of one XGBoost model; :meth:`contributions` explains rows of encoded columns."""
 
     def __init__(self, trees: list[dict[str, Any]], bias: float, n_features: int) -> None:
+        self.n_features = n_features
         feature: list[int] = []  # per node (global ids, tree after tree); a leaf's entries are never read
         threshold: list[float] = []
         default_left: list[bool] = []
@@ -47,7 +48,7 @@ class TreeShap:
         edge: dict[int, tuple[int, bool, int]] = {}  # non-root node → (its parent, is its left child, its slot)
         leaf_node: list[int] = []
         slots: list[list[int]] = []  # per leaf: the feature of each slot (the distinct features on its path)
-        zeros: list[list[float]] = []  # per leaf: each slot's cover fraction
+        zeros: list[list[float]] = []  # per leaf: each slot's "zero fraction" z (the product of its cover ratios)
         values: list[float] = []
         self.bias = bias  # v(∅): the margin's bias plus each leaf's value weighted by its path's cover fraction
         for tree in trees:
@@ -88,12 +89,14 @@ class TreeShap:
                     stack.append((child, depth + 1, child_slots, child_zeros))
             first_node.append(offset + len(left))
             first_leaf.append(len(values))
-            if len(order) != first_node[-1]:
-                raise CompileError("a tree's nodes are not all reachable from its root")
-        sizes = np.asarray([len(s) * 2 ** len(s) if s else 0 for s in slots], dtype=np.int64)
-        if int(sizes.sum()) * 4 > TABLE_BUDGET_BYTES:
-            megabytes = int(sizes.sum()) * 4 / 2**20
+            if len(order) != first_node[-1]:  # e.g. the deleted nodes a pruned tree keeps in its saved model
+                raise CompileError(f"{first_node[-1] - len(order)} node(s) of tree {len(first_node) - 2} are not "
+                                   "reachable from its root (deleted by pruning?)")  # fmt: skip
+        entries = sum(len(s) * 2 ** len(s) for s in slots)  # Python ints: no overflow however wide a path
+        if entries * 4 > TABLE_BUDGET_BYTES:
+            megabytes = entries * 4 / 2**20
             raise CompileError(f"TreeSHAP tables would take {megabytes:.0f} MB (> {TABLE_BUDGET_BYTES / 2**20:.0f})")
+        sizes = np.asarray([len(s) * 2 ** len(s) if s else 0 for s in slots], dtype=np.int64)
         width = max(max((len(s) for s in slots), default=0), 1)
         self.split_feature = np.asarray(feature, dtype=np.int64)
         self.split_threshold = np.asarray(threshold, dtype=np.float32)
@@ -129,6 +132,8 @@ class TreeShap:
 
     def contributions(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Rows of encoded columns (float32, as XGBoost reads them) → (per-column SHAP values, margins, bias)."""
+        if matrix.ndim != 2 or matrix.shape[1] != self.n_features:
+            raise ValueError(f"expected rows of {self.n_features} encoded columns, got shape {matrix.shape}")
         phi = self._explain(
             np.ascontiguousarray(matrix, dtype=np.float32), self.split_feature, self.split_threshold,
             self.split_default_left, self.tree_first_node, self.tree_first_leaf, self.order, self.parent,
@@ -172,22 +177,22 @@ def _kernels() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
                     # poly[m]: the elementary symmetric polynomial of degree m of the hot slots' zero fractions
                     poly[:] = 0.0
                     poly[0] = 1.0
-                    hot, cold_product, b = 0, 1.0, 0
+                    n_hot, cold_product, b = 0, 1.0, 0
                     for j in range(d):
                         if j == i:
                             continue
                         z = slot_zero[leaf, j]
                         if (pattern >> b) & 1:
-                            hot += 1
-                            for m in range(hot, 0, -1):
+                            n_hot += 1
+                            for m in range(n_hot, 0, -1):
                                 poly[m] += poly[m - 1] * z
                         else:
                             cold_product *= z
                         b += 1
-                    # S ⊆ H: the hot slots outside S contribute their z, so |S| = hot − m for poly[m]
+                    # S ⊆ H: the hot slots outside S contribute their z, so |S| = n_hot − m for poly[m]
                     total = 0.0
-                    for m in range(hot + 1):
-                        total += weights[d, hot - m] * poly[m]
+                    for m in range(n_hot + 1):
+                        total += weights[d, n_hot - m] * poly[m]
                     # the entries of the whole pattern with slot i cold and hot: bit i inserted into ``pattern``
                     low = pattern & ((1 << i) - 1)
                     full = ((pattern >> i) << (i + 1)) | low

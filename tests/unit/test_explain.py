@@ -128,27 +128,72 @@ def _pred_contribs(model: Any, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(model.get_booster().predict(xgboost.DMatrix(matrix), pred_contribs=True), dtype=np.float64)
 
 
-@pytest.mark.parametrize("depth", [1, 3, 6])
-def test_treeshap_tables_equal_xgboosts_own_treeshap(depth: int) -> None:
+def _path_lengths(shap: Any) -> np.ndarray:
+    """Splits on each leaf's path (its depth), from the tables' parent links."""
+    lengths = []
+    for node in shap.leaf_node:
+        steps = 0
+        while shap.parent[node] >= 0:
+            node, steps = shap.parent[node], steps + 1
+        lengths.append(steps)
+    return np.asarray(lengths)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_depth": 1},
+        {"max_depth": 3, "base_score": 0.9},
+        {"max_depth": 6},
+        {"max_depth": 7, "min_child_weight": 0.5},
+        {"max_depth": 3, "min_child_weight": 1e6},  # every tree a single leaf
+    ],
+    ids=["depth1", "depth3-base0.9", "depth6", "depth7", "single-leaf"],
+)
+def test_treeshap_tables_equal_xgboosts_own_treeshap(params: dict[str, Any]) -> None:
     """Per column and bias, on rows with missing values and with features split again further down a path."""
     from xgboost import XGBClassifier
 
     from healthpredict.fast_inference.treeshap import TreeShap
 
-    rng = np.random.default_rng(depth)
-    matrix = rng.normal(size=(600, 5)).astype(np.float32)
+    rng = np.random.default_rng(params["max_depth"])
+    matrix = rng.normal(size=(600, 8)).astype(np.float32)
     target = ((matrix[:, 0] > 0.3) ^ (matrix[:, 1] * matrix[:, 0] > 0.2) | (matrix[:, 2] > 1.5)).astype(int)
     matrix[rng.random(matrix.shape) < 0.1] = np.nan  # missing values take each split's default direction
-    model = XGBClassifier(n_estimators=25, max_depth=depth, learning_rate=0.3, base_score=0.3).fit(matrix, target)
+    model = XGBClassifier(n_estimators=25, learning_rate=0.3, **{"base_score": 0.3, **params}).fit(matrix, target)
     shap = TreeShap.from_xgboost(model, matrix.shape[1])
-    if depth == 6:
-        assert int(shap.leaf_width.max()) < 6  # a path split a feature again: the slots are merged
+    if params["max_depth"] >= 6:  # some path splits a feature again: fewer slots than splits
+        assert (shap.leaf_width < _path_lengths(shap)).any()
     phi, margin, bias = shap.contributions(matrix)
     expected = _pred_contribs(model, matrix)
     assert np.abs(phi - expected[:, :-1]).max() < 1e-5
     assert bias == pytest.approx(float(expected[0, -1]), abs=1e-5)
     assert np.abs(margin - model.predict(matrix, output_margin=True)).max() < 1e-5
-    assert np.abs(phi).max() > 0.01
+    if params.get("min_child_weight") == 1e6:
+        assert len(shap.leaf_node) == 25 and np.abs(phi).max() == 0.0
+    else:
+        assert np.abs(phi).max() > 0.01
+
+
+def test_treeshap_uses_the_trees_predictions_use_after_early_stopping() -> None:
+    """Both TreeSHAPs explain the trees ``predict`` uses (up to ``best_iteration``), not every tree fitted."""
+    from xgboost import XGBClassifier
+
+    from healthpredict.fast_inference import treeshap
+
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(size=(800, 4)).astype(np.float32)
+    target = (matrix[:, 0] + rng.normal(0, 2, 800) > 0).astype(int)
+    model = XGBClassifier(n_estimators=200, learning_rate=0.5, early_stopping_rounds=3)
+    model.fit(matrix[:600], target[:600], eval_set=[(matrix[600:], target[600:])], verbose=False)
+    assert model.best_iteration + 1 < 200  # it stopped early: predictions use the first best_iteration + 1 rounds
+    phi, margin, _ = treeshap.TreeShap.from_xgboost(model, 4).contributions(matrix)
+    assert np.abs(margin - model.predict(matrix, output_margin=True)).max() < 1e-5
+    fallback, fallback_margin, _ = Explainer._xgboost(model)(matrix)  # the booster's own TreeSHAP, same trees
+    assert np.abs(fallback_margin - model.predict(matrix, output_margin=True)).max() < 1e-5
+    assert np.abs(fallback - phi).max() < 1e-5
+    with pytest.raises(ValueError, match="rows of 4 encoded columns"):
+        treeshap.TreeShap.from_xgboost(model, 4).contributions(matrix[:, :2])
 
 
 def test_a_model_too_large_for_the_tables_falls_back_to_xgboosts_treeshap(
