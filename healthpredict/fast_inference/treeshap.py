@@ -92,11 +92,10 @@ class TreeShap:
             if len(order) != first_node[-1]:  # e.g. the deleted nodes a pruned tree keeps in its saved model
                 raise CompileError(f"{first_node[-1] - len(order)} node(s) of tree {len(first_node) - 2} are not "
                                    "reachable from its root (deleted by pruning?)")  # fmt: skip
-        entries = sum(len(s) * 2 ** len(s) for s in slots)  # Python ints: no overflow however wide a path
-        if entries * 4 > TABLE_BUDGET_BYTES:
-            megabytes = entries * 4 / 2**20
+        sizes = [len(s) * 2 ** len(s) for s in slots]  # Python ints: the sum cannot overflow however wide a path
+        if (table_bytes := sum(sizes) * 4) > TABLE_BUDGET_BYTES:
+            megabytes = table_bytes / 2**20
             raise CompileError(f"TreeSHAP tables would take {megabytes:.0f} MB (> {TABLE_BUDGET_BYTES / 2**20:.0f})")
-        sizes = np.asarray([len(s) * 2 ** len(s) if s else 0 for s in slots], dtype=np.int64)
         width = max(max((len(s) for s in slots), default=0), 1)
         self.split_feature = np.asarray(feature, dtype=np.int64)
         self.split_threshold = np.asarray(threshold, dtype=np.float32)
@@ -125,10 +124,6 @@ class TreeShap:
     def from_xgboost(cls, model: Any, n_features: int) -> TreeShap:
         trees, bias = xgboost_json_trees(model)
         return cls(trees, bias, n_features)
-
-    @property
-    def table_bytes(self) -> int:
-        return int(self.table.nbytes)
 
     def contributions(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Rows of encoded columns (float32, as XGBoost reads them) → (per-column SHAP values, margins, bias)."""
@@ -225,8 +220,9 @@ def _kernels() -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
     ) -> np.ndarray:  # pragma: no cover - compiled
         rows = matrix.shape[0]
         out = np.zeros((rows, matrix.shape[1]))
-        goes_left = np.zeros(split_feature.shape[0], dtype=np.bool_)
-        hot = np.zeros(split_feature.shape[0], dtype=np.int64)  # per node: bit s = the row takes its path's slot s
+        # scratch, written for every node (parents first) before it is read
+        goes_left = np.empty(split_feature.shape[0], dtype=np.bool_)
+        hot = np.empty(split_feature.shape[0], dtype=np.int64)  # per node: bit s = the row takes its path's slot s
         for row in range(rows):
             for tree in range(tree_first_node.shape[0] - 1):
                 for k in range(tree_first_node[tree], tree_first_node[tree + 1]):  # parents before children

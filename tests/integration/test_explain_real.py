@@ -42,7 +42,8 @@ def test_contributions_add_up_to_the_logit_on_the_whole_test_split(
     pipeline.fit(model_inputs(train), train["readmitted_binary"])
     background = pipeline[:-1].transform(model_inputs(train)).mean(axis=0) if family == "logreg" else None
 
-    explained = Explainer(pipeline, background).explain_frame(model_inputs(test))
+    explainer = Explainer(pipeline, background)
+    explained = explainer.explain_frame(model_inputs(test))
 
     probabilities = pipeline.predict_proba(model_inputs(test))[:, 1]
     error = np.abs(explained.base + explained.contributions.sum(axis=1) - _logit(probabilities))
@@ -52,7 +53,6 @@ def test_contributions_add_up_to_the_logit_on_the_whole_test_split(
     if family == "xgboost":  # the TreeSHAP tables against the booster's own TreeSHAP, column by column
         import xgboost
 
-        explainer = Explainer(pipeline)
         assert explainer.method == "TreeSHAP (precomputed path tables)"
         matrix = explainer.encoder.encode_rows(_rows(model_inputs(test)))
         booster = pipeline.steps[-1][1].get_booster()
