@@ -141,8 +141,14 @@ def icd9_chapter(code: Any) -> str:
 
 def icd9_group(codes: pd.Series) -> pd.Series:
     """Map ICD-9 codes to chapter groups (rule 5, :func:`icd9_chapter`), each distinct code worked out once."""
-    groups = {code: icd9_chapter(code) for code in pd.unique(codes.to_numpy(dtype=object))}
-    return pd.Series([groups[code] for code in codes.to_numpy(dtype=object)], index=codes.index, dtype=object)
+    values = codes.to_numpy(dtype=object)
+    missing = pd.isna(values)  # NaN is not equal to itself: distinct NaN objects cannot be dictionary keys
+    groups = {code: icd9_chapter(code) for code in pd.unique(values[~missing])}
+    return pd.Series(
+        [MISSING_CATEGORY if absent else groups[code] for code, absent in zip(values, missing, strict=True)],
+        index=codes.index,
+        dtype=object,
+    )
 
 
 def age_ordinal(age: pd.Series) -> pd.Series:

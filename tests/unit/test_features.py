@@ -130,3 +130,9 @@ def test_icd9_chapters_one_code_at_a_time_and_as_a_column() -> None:
     assert {code: icd9_chapter(code) for code in cases} == cases
     column = pd.Series(list(cases), dtype=object)
     assert icd9_group(column).tolist() == list(cases.values())
+
+
+def test_icd9_group_takes_distinct_nan_objects_as_missing() -> None:
+    # NaN is not equal to itself, so two NaN objects are two different dictionary keys; pandas.unique keeps one.
+    column = pd.Series(np.array(["250.1", float("nan"), float("nan"), None, pd.NA, "428"], dtype=object))
+    assert icd9_group(column).tolist() == ["diabetes", *[MISSING_CATEGORY] * 4, "circulatory"]
