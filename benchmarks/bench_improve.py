@@ -49,8 +49,9 @@ BUDGET = {
 }
 
 
-def one_run(home: Path, seed: int, delay: int) -> dict[str, Any]:
-    """Split, initial champion (search seed ``seed``), then the loop with labels ``delay`` batches late."""
+def initial_champion(home: Path, seed: int, delay: int) -> tuple[Settings, Any]:
+    """Settings of one run (search seed ``seed``, labels ``delay`` batches late), the split, and the initial champion
+    searched and promoted; returns the settings and the training result."""
     for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set by the previous run's tracking setup
         os.environ.pop(inherited, None)
     env = {**BUDGET, **os.environ, "HEALTHPREDICT_HOME": str(home)}
@@ -61,12 +62,18 @@ def one_run(home: Path, seed: int, delay: int) -> dict[str, Any]:
         training=replace(base.training, seed=seed),
         improvement=replace(base.improvement, label_delay_batches=delay, experiment=f"improve-s{seed}-d{delay}"),
     )
-    started = time.monotonic()
     run_split(settings)
     initial = train_models(settings, run_name=f"bench-improve-initial-s{seed}")
     outcome = promote(settings, deploy=False)
     if not outcome.promoted:
         raise RuntimeError(f"initial champion not promoted: {outcome.decision.reason}")
+    return settings, initial
+
+
+def one_run(home: Path, seed: int, delay: int) -> dict[str, Any]:
+    """Split, initial champion (search seed ``seed``), then the loop with labels ``delay`` batches late."""
+    started = time.monotonic()
+    settings, initial = initial_champion(home, seed, delay)
     result = improve(settings, ImprovementOptions(deploy=False, seed=seed))
     return {
         "seed": seed, "delay": delay, "initial_family": initial.winner.family,
