@@ -92,7 +92,7 @@ def bound(seed: int, delay: int) -> dict[str, Any]:
                         weights = sample_weights(window)
                         fit = {} if weights is None else {"model__sample_weight": weights}
                         pipeline.fit(model_inputs(window), window[TARGET_COLUMN].to_numpy(), **fit)
-                        fitted = {k: v for k, v in fitted.items() if k[0] == known} | {key: pipeline}
+                        fitted = {old: p for old, p in fitted.items() if old[0] == known} | {key: pipeline}
                     scores = fitted[key].predict_proba(model_inputs(batch))[:, 1]
                     gains.append((float(roc_auc_score(labels, scores)) - frozen_auc, label(params, half_life)))
             best = max(gains)
