@@ -2,7 +2,7 @@
 
 For one encounter, ``base + sum(contributions) == logit(probability)``:
 
-* XGBoost: exact TreeSHAP (:mod:`healthpredict.fast_inference.treeshap`: per-leaf tables, about five times
+* XGBoost: exact TreeSHAP (:mod:`healthpredict.fast_inference.treeshap`: per-leaf tables, about eight times
   faster than the booster's own ``pred_contribs`` on one record, and equal to it up to XGBoost's float32
   rounding, a few 1e-6 at most; the booster's ``pred_contribs`` when the tables would be too large);
   ``base`` is the bias term.
