@@ -74,7 +74,7 @@ def bound(seed: int, delay: int) -> dict[str, Any]:
         rows = []
         for k, name in enumerate(names, start=1):
             batch = batches[name]
-            labels = batch[TARGET_COLUMN].to_numpy()
+            batch_inputs, labels = model_inputs(batch), batch[TARGET_COLUMN].to_numpy()
             frozen_auc = float(roc_auc_score(labels, frozen.predict_proba(batch)))
             known = max(0, k - 1 - delay)  # batches whose labels arrived before batch k did
             seen = [batches[n] for n in names[:known]]
@@ -85,15 +85,16 @@ def bound(seed: int, delay: int) -> dict[str, Any]:
                     if seen
                     else pd.concat(initial.values(), ignore_index=True)
                 )
+                inputs, target = model_inputs(window), window[TARGET_COLUMN].to_numpy()
+                weights = sample_weights(window)
+                fit = {} if weights is None else {"model__sample_weight": weights}
                 for index, params in enumerate(grid()):
                     key = (known, half_life, index)  # batches with the same labels known share their models
                     if key not in fitted:
                         pipeline = build_pipeline("xgboost", params, seed=seed, n_jobs=os.cpu_count() or 1)
-                        weights = sample_weights(window)
-                        fit = {} if weights is None else {"model__sample_weight": weights}
-                        pipeline.fit(model_inputs(window), window[TARGET_COLUMN].to_numpy(), **fit)
+                        pipeline.fit(inputs, target, **fit)
                         fitted = {old: p for old, p in fitted.items() if old[0] == known} | {key: pipeline}
-                    scores = fitted[key].predict_proba(model_inputs(batch))[:, 1]
+                    scores = fitted[key].predict_proba(batch_inputs)[:, 1]
                     gains.append((float(roc_auc_score(labels, scores)) - frozen_auc, label(params, half_life)))
             best = max(gains)
             rows.append(
