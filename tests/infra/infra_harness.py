@@ -37,8 +37,12 @@ def run_program(config: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]
     # pulumi-aws is large; without a bytecode cache every child recompiles it (seconds each).
     # The cache goes to a temp prefix so the virtualenv is never written to.
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
+    # `-c` puts the working directory, this checkout, first on the child's sys.path (as `python -m pytest` does
+    # here), so the program's `infra_pulumi` imports are this checkout's modules even where the environment's
+    # editable install points at another checkout.
+    launch = f"import runpy; runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')"
     proc = subprocess.run(
-        [sys.executable, __file__, json.dumps(encoded)],
+        [sys.executable, "-c", launch, json.dumps(encoded)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
