@@ -76,6 +76,7 @@ compute = Compute(
         repo_url=cfg.repo_url,
         repo_ref=cfg.repo_ref,
         compose_file=cfg.compose_file,
+        raw_data_uri=cfg.raw_data_uri,
         secrets_path=secrets.path,
         status_parameter=status_parameter,
         tools=ToolPins(

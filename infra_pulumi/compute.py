@@ -16,6 +16,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra_pulumi.config import check_raw_data_uri
 from infra_pulumi.secrets import SECRET_NAMES
 from infra_pulumi.tags import named
 
@@ -26,10 +27,24 @@ REPO_DIR = "/opt/healthpredict"
 
 #: The compose files the host runs: the stack with the Pulumi bucket and the instance role (no MinIO).
 COMPOSE_FILES_ON_AWS = "docker-compose.yml:docker-compose.aws.yml"
-#: What the bootstrap writes into the stack's .env besides COMPOSE_FILE, BIND_ADDRESS and AWS_REGION: the
-#: bucket, and each secret read from SSM Parameter Store (infra_pulumi/secrets.py).
+#: What the bootstrap writes into the stack's .env besides COMPOSE_FILE, BIND_ADDRESS, AWS_REGION and the raw
+#: data's HEALTHPREDICT_RAW_DATA_DIR and HEALTHPREDICT_RAW_FILE: the bucket, and each secret read from SSM
+#: Parameter Store (infra_pulumi/secrets.py).
 BOOTSTRAP_ENV_KEYS: tuple[str, ...] = ("HEALTHPREDICT_BUCKET", "POSTGRES_USER", *SECRET_NAMES)
 CREDENTIALS_DIR = "/run/healthpredict/aws"
+#: The host folder with the raw data; the .env names it as HEALTHPREDICT_RAW_DATA_DIR, which docker-compose.yml
+#: mounts read-only into the worker at /data/raw. Absolute, so a composeFile in a subfolder still finds it.
+RAW_DATA_DIR = f"{REPO_DIR}/data/raw"
+#: Where the bootstrap writes the raw-data fetcher (:data:`_FETCH_RAW_DATA`) before it runs it.
+RAW_DATA_FETCHER = "/usr/local/lib/healthpredict-fetch-raw-data.py"
+
+
+def raw_data_file_name(uri: str) -> str:
+    """The raw file's name on the host (HEALTHPREDICT_RAW_FILE): the UCI zip's own name, or .csv for a csv.
+
+    The project tells a zip from a csv by its content, so the name only has to be predictable.
+    """
+    return "dataset_diabetes.csv" if uri.endswith(".csv") else "dataset_diabetes.zip"
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class ComputeArgs:
     secrets_path: str
     status_parameter: str
     tools: ToolPins
+    raw_data_uri: str
     compose_file: str | None = None
 
 
@@ -93,6 +109,50 @@ for page in pages:
 """
 
 
+# Fetches the raw data (an https:// URL, or an s3:// object with the instance role) to its place on the host:
+# skipped when already there, retried with backoff, written under a temporary name and renamed, so the worker
+# never sees a partial file; a .zip that is not a zip archive (an error page) is refused; world-readable, for the
+# worker's uid 10001 behind a read-only mount.
+_FETCH_RAW_DATA = """import os, shutil, sys, tempfile, time, urllib.request, zipfile
+
+source, target = sys.argv[1], sys.argv[2]
+ATTEMPTS = 5
+if os.path.isfile(target) and os.path.getsize(target) > 0:
+    print(f"{target} is already present; {source} not fetched again")
+    sys.exit(0)
+
+
+def fetch(path):
+    if source.startswith("s3://"):
+        import boto3
+
+        bucket, _, key = source[len("s3://"):].partition("/")
+        boto3.client("s3").download_file(bucket, key, path)
+    else:
+        with urllib.request.urlopen(source, timeout=120) as response, open(path, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    if target.endswith(".zip") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{source} did not give a zip archive")
+
+
+for attempt in range(1, ATTEMPTS + 1):
+    fd, partial = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".raw-data-", suffix=".partial")
+    os.close(fd)
+    try:
+        fetch(partial)
+        os.chmod(partial, 0o644)
+        os.replace(partial, target)
+        print(f"{source} -> {target} ({os.path.getsize(target)} bytes)")
+        break
+    except Exception as exc:
+        os.unlink(partial)
+        if attempt == ATTEMPTS:
+            sys.exit(f"could not fetch {source} after {ATTEMPTS} attempts: {type(exc).__name__}: {exc}")
+        print(f"attempt {attempt} of {ATTEMPTS} to fetch {source} failed ({exc}); retrying", file=sys.stderr)
+        time.sleep(min(2**attempt, 30))
+"""
+
+
 #: Where cloud-init writes the bootstrap script on the host (root only) before it runs it once.
 BOOTSTRAP_PATH = "/usr/local/sbin/healthpredict-bootstrap"
 
@@ -126,16 +186,21 @@ def render_bootstrap_script(
     secrets_path: str,
     status_parameter: str,
     tools: ToolPins,
+    raw_data_uri: str,
     compose_file: str | None = None,
 ) -> str:
     """The host bootstrap, a bash script: Docker + Compose v2, pinned kubectl and Minikube (sha256-checked), the
     stack's secrets from SSM into a root-only .env, the instance role's credentials refreshed for the containers
-    that need them, ``docker compose up -d``, a smoke check whose result is written to ``status_parameter``.
+    that need them, the raw data from ``raw_data_uri`` into :data:`RAW_DATA_DIR`, ``docker compose up -d``, a
+    smoke check whose result is written to ``status_parameter``.
 
-    Every interpolated value is shell-quoted; config validation already restricts them further.
+    Every interpolated value is shell-quoted; config validation already restricts them further. An ``s3://``
+    ``raw_data_uri`` outside ``bucket_name`` is refused here, the first place the bucket's name is known.
     """
+    check_raw_data_uri(raw_data_uri, bucket_name)
     q = shlex.quote
     compose_files = q(compose_file) if compose_file else COMPOSE_FILES_ON_AWS
+    raw_data_file = f"{RAW_DATA_DIR}/{raw_data_file_name(raw_data_uri)}"
     return f"""#!/bin/bash
 # HealthPredict host bootstrap, rendered by infra_pulumi/compute.py.
 # Log: /var/log/healthpredict-bootstrap.log; result: SSM parameter {status_parameter}
@@ -231,8 +296,21 @@ git -C {REPO_DIR} checkout --detach FETCH_HEAD
 chown -R ubuntu:ubuntu {REPO_DIR}
 cd {REPO_DIR}
 
+# The raw UCI data the worker reads (the .env below mounts {RAW_DATA_DIR} read-only at /data/raw): fetched once
+# from rawDataUri, with retries, under a temporary name then renamed; readable by the container user.
+RAW_DATA_URI={q(raw_data_uri)}
+RAW_DATA_FILE={q(raw_data_file)}
+install -d -m 0755 {REPO_DIR}/data {RAW_DATA_DIR}
+cat > {RAW_DATA_FETCHER} <<'PY'
+{_FETCH_RAW_DATA}PY
+python3 {RAW_DATA_FETCHER} "$RAW_DATA_URI" "$RAW_DATA_FILE" || {{
+  report "raw data: could not fetch $RAW_DATA_URI to $RAW_DATA_FILE (see /var/log/healthpredict-bootstrap.log)"
+  exit 1
+}}
+
 # The stack's .env: the AWS compose files, ports on all interfaces (the security group decides who reaches
-# them), the Pulumi bucket, and every secret from SSM Parameter Store. Readable by root only.
+# them), the Pulumi bucket, the raw data's folder and file name, and every secret from SSM Parameter Store.
+# Readable by root only.
 umask 077
 {{
   echo "COMPOSE_FILE={compose_files}"
@@ -240,6 +318,8 @@ umask 077
   echo "AWS_REGION={region}"
   echo "HEALTHPREDICT_BUCKET={bucket_name}"
   echo "POSTGRES_USER=healthpredict"
+  echo "HEALTHPREDICT_RAW_DATA_DIR={RAW_DATA_DIR}"
+  echo "HEALTHPREDICT_RAW_FILE={raw_data_file_name(raw_data_uri)}"
   python3 - {q(secrets_path)} {q(region)} <<'PY'
 {_WRITE_ENV}PY
 }} > .env.new
@@ -295,6 +375,7 @@ class Compute(pulumi.ComponentResource):
                 secrets_path=args.secrets_path,
                 status_parameter=args.status_parameter,
                 tools=args.tools,
+                raw_data_uri=args.raw_data_uri,
                 compose_file=args.compose_file,
             )
         )

@@ -24,7 +24,7 @@ KNOWN_KEYS = frozenset(
         "owner", "allowedCidrs", "sshCidrs", "allowUnsafeIngress", "azCount", "vpcCidr", "instanceType",
         "rootVolumeGb", "kmsKeyArn", "forceDestroy", "ecrKeepLast", "noncurrentVersionDays", "repoUrl",
         "repoRef", "composeFile", "mlflowPort", "prefectPort", "apiPorts", "minIngressPrefix", "minIngressPrefixV6",
-        "kubectlVersion", "kubectlSha256", "minikubeVersion", "minikubeSha256",
+        "kubectlVersion", "kubectlSha256", "minikubeVersion", "minikubeSha256", "rawDataUri",
     }
 )  # fmt: skip
 
@@ -41,6 +41,13 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Pinned tool downloads of the host bootstrap: release version and the sha256 of its linux-amd64 binary.
 KUBECTL_VERSION, KUBECTL_SHA256 = "v1.35.0", "a2e984a18a0c063279d692533031c1eff93a262afcc0afdc517375432d060989"
 MINIKUBE_VERSION, MINIKUBE_SHA256 = "v1.38.1", "099477eaf248bcb5bcea8ce78a2898e93ac01461c35189da1848c3de82ecd22e"
+#: The raw data the host fetches by default: UCI dataset 296, the same URL as
+#: ``healthpredict.settings.UCI_DATASET_URL`` (the program cannot import healthpredict; a test keeps them equal).
+UCI_DATASET_URL = "https://archive.ics.uci.edu/static/public/296/diabetes+130-us+hospitals+for+years+1999-2008.zip"
+# rawDataUri: an https:// URL, or an s3:// object, of a .zip or .csv; no query, no shell metacharacters.
+_RAW_DATA_URI_RE = re.compile(
+    r"^(https://[A-Za-z0-9.-]+(:\d+)?|s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]))/[A-Za-z0-9._~+%/-]+\.(zip|csv)$"
+)
 _KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
 
 
@@ -105,6 +112,7 @@ class InfraConfig:
     kubectl_sha256: str = KUBECTL_SHA256
     minikube_version: str = MINIKUBE_VERSION
     minikube_sha256: str = MINIKUBE_SHA256
+    raw_data_uri: str = UCI_DATASET_URL
     subnet_cidrs: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +129,7 @@ class InfraConfig:
         self._validate_storage()
         self._validate_repo()
         self._validate_tools()
+        raw_data_bucket(self.raw_data_uri)
         for key, port in (("mlflowPort", self.mlflow_port), ("prefectPort", self.prefect_port)):
             _check_port(key, port)
         for key, port in (("apiPorts", self.api_ports[0]), ("apiPorts", self.api_ports[1])):
@@ -228,6 +237,30 @@ class InfraConfig:
         return tuple(c for c in self.allowed_cidrs if ipaddress.ip_network(c).version == 6)
 
 
+def raw_data_bucket(uri: str) -> str | None:
+    """The bucket of an ``s3://`` ``rawDataUri`` (None for an https:// URL); refuses any other form."""
+    match = _RAW_DATA_URI_RE.fullmatch(uri)
+    if match is None or "/../" in uri or uri.endswith("/.."):
+        raise ValueError(
+            f"{NAMESPACE}:rawDataUri: {uri!r} must be an https:// URL or an s3://<this stack's bucket>/<key> URI "
+            "of the raw .zip or .csv file (letters, digits and ._~+%/- only, no query)"
+        )
+    return match.group("bucket")
+
+
+def check_raw_data_uri(uri: str, bucket_name: str) -> None:
+    """Refuse an ``s3://`` ``rawDataUri`` outside this stack's bucket: the host's role reads no other bucket.
+
+    Runs once the bucket's generated name is known (the user data), so a new stack's preview cannot catch it.
+    """
+    bucket = raw_data_bucket(uri)
+    if bucket is not None and bucket != bucket_name:
+        raise ValueError(
+            f"{NAMESPACE}:rawDataUri: {uri!r} is in bucket {bucket!r}, not in this stack's bucket {bucket_name!r} "
+            f"(`pulumi stack output bucket_name`), the only one the host's role may read; upload the file there"
+        )
+
+
 def _as_str_tuple(key: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -304,4 +337,5 @@ def load_config() -> InfraConfig:
         kubectl_sha256=cfg.get("kubectlSha256") or KUBECTL_SHA256,
         minikube_version=cfg.get("minikubeVersion") or MINIKUBE_VERSION,
         minikube_sha256=cfg.get("minikubeSha256") or MINIKUBE_SHA256,
+        raw_data_uri=(cfg.get("rawDataUri") or UCI_DATASET_URL).strip(),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import fnmatch
 import io
 import json
 import runpy
@@ -17,7 +18,7 @@ import pytest
 from conftest import require_executable
 
 from infra_pulumi.compute import BOOTSTRAP_PATH, ToolPins, render_bootstrap_script, render_user_data
-from infra_pulumi.config import InfraConfig, check_known_keys, parse_port_range
+from infra_pulumi.config import UCI_DATASET_URL, InfraConfig, check_known_keys, parse_port_range
 from infra_pulumi.iam import host_policy_document
 from infra_pulumi.registry import DEPLOYED_TAG_PREFIX, keep_last_policy
 from infra_pulumi.secrets import SECRET_NAMES, STATUS_NAME
@@ -137,6 +138,7 @@ USER_DATA_VALUES: dict[str, Any] = {
     "secrets_path": "/healthpredict/dev",
     "status_parameter": "/healthpredict/dev/bootstrap-status",
     "tools": PINS,
+    "raw_data_uri": UCI_DATASET_URL,
 }
 
 
@@ -193,10 +195,11 @@ def test_rendered_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "Valid cloud-config" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("raw_data_uri", [UCI_DATASET_URL, "s3://healthpredict-bucket-a1b2c3/raw/diabetic_data.csv"])
 @pytest.mark.parametrize("tool", ["bash", "shellcheck"])
-def test_rendered_user_data_is_valid_shell(tmp_path: Path, tool: str) -> None:
+def test_rendered_user_data_is_valid_shell(tmp_path: Path, tool: str, raw_data_uri: str) -> None:
     script = tmp_path / "user-data.sh"
-    script.write_text(bootstrap_script(render()))
+    script.write_text(bootstrap_script(render(bucket_name="healthpredict-bucket-a1b2c3", raw_data_uri=raw_data_uri)))
     exe = require_executable(tool, "apt-get install shellcheck" if tool == "shellcheck" else "")
     command = [exe, "-n", str(script)] if tool == "bash" else [exe, "-S", "warning", "-s", "bash", str(script)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
@@ -253,6 +256,10 @@ def test_policy_helpers_produce_expected_documents() -> None:
     ]  # fmt: skip
     assert not [a for a in by_sid["StackSecrets"]["Action"] if not a.startswith("ssm:Get")]
     assert by_sid["BootstrapStatus"]["Action"] == ["ssm:PutParameter"]
+    # The bootstrap fetches an s3:// rawDataUri of this bucket with the role (boto3 download_file: head + get).
+    raw_object = "arn:aws:s3:::b/raw/dataset_diabetes.zip"
+    readable = [s for s in doc["Statement"] if any(fnmatch.fnmatchcase(raw_object, r) for r in s["Resource"])]
+    assert "s3:GetObject" in {action for s in readable for action in s["Action"]}
 
 
 def test_lifecycle_policy_never_expires_deployed_images() -> None:

@@ -6,6 +6,7 @@ runtime is process-global); all scenarios start together once per module to keep
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from infra_harness import FAKE_AMI, FAKE_AZS, REPO_ROOT, run_programs
 
+from infra_pulumi.config import UCI_DATASET_URL
 from infra_pulumi.policy.rules import violations
 from infra_pulumi.secrets import SECRET_NAMES
 
@@ -28,6 +30,8 @@ BASE: dict[str, Any] = {
     "healthpredict:repoUrl": REPO_URL,
 }
 KMS_ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+RAW_S3_URI = "s3://healthpredict-bucket-a1b2c3/raw/dataset_diabetes.zip"  # in the bucket the mocks name
 
 DEV_EXAMPLE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "infra_pulumi" / "Pulumi.dev.yaml").read_text())["config"]
 
@@ -50,6 +54,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "healthpredict:repoRef": "v1.2.0",
         "healthpredict:composeFile": "deploy/compose.yaml",
     },
+    "raw_s3": {**BASE, "healthpredict:rawDataUri": RAW_S3_URI},
+    "raw_s3_other_bucket": {**BASE, "healthpredict:rawDataUri": "s3://someone-elses-bucket/raw/dataset_diabetes.zip"},
     "ssh_world": {**BASE, "healthpredict:sshCidrs": ["0.0.0.0/0"]},
     "ssh_world_override": {
         **BASE,
@@ -312,9 +318,30 @@ def test_user_data_installs_tooling_clones_repo_and_starts_compose(runs: dict[st
         "sha256sum --check",
         "get_parameters_by_path",
         "HEALTHPREDICT_IMAGE_REPOSITORY=111122223333.dkr.ecr.eu-west-1.amazonaws.com/healthpredict-service-d4e5",
+        f"RAW_DATA_URI={UCI_DATASET_URL}",
+        'echo "HEALTHPREDICT_RAW_FILE=dataset_diabetes.zip"',
     ):
         assert needle in script, needle
     assert script.index("docker-compose-plugin") < script.index("docker compose up -d")
+    assert script.index("RAW_DATA_URI=") < script.index("docker compose up -d")
+
+
+def test_raw_data_from_the_stacks_bucket_is_readable_by_the_role(runs: dict[str, dict[str, Any]]) -> None:
+    result = ok(runs, "raw_s3")
+    script = yaml.safe_load(one(result, "aws:ec2/instance:Instance")["userData"])["write_files"][0]["content"]
+    assert f"RAW_DATA_URI={RAW_S3_URI}" in script
+    key_arn = "arn:aws:s3:::" + RAW_S3_URI.removeprefix("s3://")
+    policy = json.loads(one(result, "aws:iam/rolePolicy:RolePolicy")["policy"])
+    granted = {a for actions, resources in _policy_resources(policy) for a in actions
+               if any(fnmatch.fnmatchcase(key_arn, r) for r in resources)}  # fmt: skip
+    assert "s3:GetObject" in granted
+
+
+def test_raw_data_in_another_bucket_is_refused_naming_the_key(runs: dict[str, dict[str, Any]]) -> None:
+    result = runs["raw_s3_other_bucket"]
+    assert result["error"] is not None and "healthpredict:rawDataUri" in result["error"]
+    assert "someone-elses-bucket" in result["error"] and "not in this stack's bucket" in result["error"]
+    assert not of_type(result, "aws:ec2/instance:Instance"), "no host may boot with a source its role cannot read"
 
 
 def test_dev_example_needs_owner_and_otherwise_matches_defaults(runs: dict[str, dict[str, Any]]) -> None:
