@@ -296,8 +296,8 @@ git -C {REPO_DIR} checkout --detach FETCH_HEAD
 chown -R ubuntu:ubuntu {REPO_DIR}
 cd {REPO_DIR}
 
-# The raw UCI data the worker reads (the .env below mounts {RAW_DATA_DIR} read-only at /data/raw): fetched once
-# from rawDataUri, with retries, under a temporary name then renamed; readable by the container user.
+# The raw UCI data the worker reads (the .env below names its folder, which compose mounts read-only at /data/raw):
+# fetched once from rawDataUri, with retries, under a temporary name then renamed; readable by the container user.
 RAW_DATA_URI={q(raw_data_uri)}
 RAW_DATA_FILE={q(raw_data_file)}
 install -d -m 0755 {REPO_DIR}/data {RAW_DATA_DIR}
@@ -308,13 +308,29 @@ python3 {RAW_DATA_FETCHER} "$RAW_DATA_URI" "$RAW_DATA_FILE" || {{
   exit 1
 }}
 
+# The address browsers reach the Prefect UI at, so that the UI calls its API there rather than at localhost:
+# the instance's public DNS name from the metadata service (IMDSv2), or its public IPv4 address without one.
+public_address() {{
+  local token name
+  token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)"
+  name="$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/public-hostname \\
+    || true)"
+  if [ -n "$name" ]; then
+    echo "$name"
+  else
+    curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/public-ipv4
+  fi
+}}
+public_host="$(public_address)"
+
 # The stack's .env: the AWS compose files, ports on all interfaces (the security group decides who reaches
-# them), the Pulumi bucket, the raw data's folder and file name, and every secret from SSM Parameter Store.
-# Readable by root only.
+# them), the Prefect UI's API address, the Pulumi bucket, the raw data's folder and file name, and every secret
+# from SSM Parameter Store. Readable by root only.
 umask 077
 {{
   echo "COMPOSE_FILE={compose_files}"
   echo "BIND_ADDRESS=0.0.0.0"
+  echo "PREFECT_UI_API_URL=http://$public_host:4200/api"
   echo "AWS_REGION={region}"
   echo "HEALTHPREDICT_BUCKET={bucket_name}"
   echo "POSTGRES_USER=healthpredict"

@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import io
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import require_executable
+from infra_harness import REPO_ROOT
 
 from infra_pulumi.compute import BOOTSTRAP_PATH, ToolPins, render_bootstrap_script, render_user_data
 from infra_pulumi.config import UCI_DATASET_URL, InfraConfig, check_known_keys, parse_port_range
@@ -148,8 +151,6 @@ def render(**overrides: Any) -> str:
 
 def bootstrap_script(user_data: str) -> str:
     """The script the cloud-config writes to the host (parsed as cloud-init parses it)."""
-    import yaml
-
     config = yaml.safe_load(user_data)
     assert user_data.startswith("#cloud-config\n")
     (written,) = config["write_files"]
@@ -213,6 +214,50 @@ def test_user_data_writes_a_root_only_env_and_reports_its_status() -> None:
     assert "COMPOSE_FILE=docker-compose.yml:docker-compose.aws.yml" in env_block
     assert "trap 'report " in script and 'report "ready:' in script
     assert "http_put_response_hop_limit" not in script  # the hop limit is the instance's, see the program tests
+
+
+FAKE_METADATA_CURL = """#!/bin/bash
+# The instance metadata service as curl sees it: a token, then answers only to requests that carry it.
+url="${*: -1}"
+case "$url" in
+  */latest/api/token) printf tok; exit 0 ;;
+esac
+[[ " $* " == *"X-aws-ec2-metadata-token: tok"* ]] || exit 22
+case "$url" in
+  */meta-data/public-hostname) [ -n "${PUBLIC_HOSTNAME:-}" ] || exit 22; printf %s "$PUBLIC_HOSTNAME" ;;
+  */meta-data/public-ipv4) printf 198.51.100.7 ;;
+  *) exit 22 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("public_hostname", "expected"),
+    [("ec2-198-51-100-7.eu-west-1.compute.amazonaws.com", "ec2-198-51-100-7.eu-west-1.compute.amazonaws.com"),
+     ("", "198.51.100.7")],
+)  # fmt: skip
+def test_prefect_ui_calls_its_api_at_the_hosts_public_address(
+    tmp_path: Path, public_hostname: str, expected: str
+) -> None:
+    """The UI runs in the user's browser: the API address it is given must be the host's public one, on the port
+    compose publishes for the Prefect server (the default, localhost, is the user's own machine)."""
+    script = bootstrap_script(render())
+    start = script.index("public_address() {")
+    function = script[start : script.index("\n}\n", start) + 3]
+    (fake := tmp_path / "bin" / "curl").parent.mkdir()
+    fake.write_text(FAKE_METADATA_CURL)
+    fake.chmod(0o755)
+    probe = f'set -euo pipefail\n{function}public_host="$(public_address)"\nprintf %s "$public_host"\n'
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "PUBLIC_HOSTNAME": public_hostname}
+    proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert (proc.returncode, proc.stdout) == (0, expected), proc.stderr
+    env_block = script[script.index("umask 077") : script.index("umask 022")]
+    (line,) = [ln.strip() for ln in env_block.splitlines() if "PREFECT_UI_API_URL=" in ln]
+    match = re.fullmatch(r'echo "PREFECT_UI_API_URL=http://\$public_host:(\d+)/api"', line)
+    assert match, line
+    server = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["prefect-server"]
+    assert server["environment"]["PREFECT_UI_API_URL"].startswith("${PREFECT_UI_API_URL:-")
+    assert [p for p in server["ports"] if p.endswith(f":{match[1]}:4200")], server["ports"]
 
 
 def test_env_writer_reads_every_secret_of_the_stack_path_decrypted(tmp_path: Path) -> None:

@@ -183,12 +183,20 @@ def test_worker_reads_the_file_the_bootstrap_fetches(overrides: dict[str, Any]) 
     assert posixpath.splitext(rendered.target)[1] == posixpath.splitext(rendered.source)[1]  # .zip stays a zip
 
 
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    """A resolved service's environment: Compose v1 prints a mapping or KEY=value items."""
+    environment = service["environment"]
+    return environment if isinstance(environment, dict) else dict(item.split("=", 1) for item in environment)
+
+
 def test_docker_compose_resolves_the_worker_to_the_fetched_file(tmp_path: Path) -> None:
     """The same mapping as Compose itself resolves it (``docker-compose config``) from the .env the bootstrap writes,
     with the secrets the SSM step adds."""
     rendered = parse_bootstrap(bootstrap_script(render(bucket_name=BUCKET, raw_data_uri=S3_URI)))
     env_file = tmp_path / ".env"
-    env = {**rendered.env, **{name: f"{name.lower()}-value" for name in SECRET_NAMES}}
+    public_host = "ec2-198-51-100-7.eu-west-1.compute.amazonaws.com"  # what bash puts for $public_host
+    env = {k: v.replace("$public_host", public_host) for k, v in rendered.env.items()}
+    env.update({name: f"{name.lower()}-value" for name in SECRET_NAMES})
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     exe = require_executable("docker-compose", "apt-get install docker-compose")
     command = [exe, "--project-directory", str(REPO_ROOT), "--env-file", str(env_file)]
@@ -199,10 +207,9 @@ def test_docker_compose_resolves_the_worker_to_the_fetched_file(tmp_path: Path) 
         [*command, "config"], capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    worker = yaml.safe_load(proc.stdout)["services"][WORKER]
-    environment = worker["environment"]
-    if isinstance(environment, list):
-        environment = dict(item.split("=", 1) for item in environment)
+    services = yaml.safe_load(proc.stdout)["services"]
+    worker = services[WORKER]
+    environment = environment_of(worker)
     volumes: dict[str, tuple[str, str]] = {}
     for volume in worker["volumes"]:
         if isinstance(volume, dict):  # Compose v2 prints the long syntax
@@ -212,6 +219,7 @@ def test_docker_compose_resolves_the_worker_to_the_fetched_file(tmp_path: Path) 
             volumes[target] = (source, mode[0] if mode else "rw")
     host_path, mode = host_path_of(environment["HEALTHPREDICT_RAW_DATA"], volumes, str(REPO_ROOT))
     assert (host_path, mode) == (rendered.target, "ro")
+    assert environment_of(services["prefect-server"])["PREFECT_UI_API_URL"] == f"http://{public_host}:4200/api"
 
 
 def test_raw_data_failure_is_reported_and_the_step_runs_after_the_checkout() -> None:
