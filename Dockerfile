@@ -6,7 +6,7 @@
 # Prefect worker image with the training stack is docker/worker/Dockerfile, the MLflow server image
 # docker/mlflow/Dockerfile. PYTHON_IMAGE may point at a locally built/mirrored Python 3.11 image (offline
 # builds: docker/base-image.sh).
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 ARG UV_VERSION=0.13.9
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 #   make run ARGS="--trials-per-family 3 --time-budget-s 60 --exit-after-sample"
 #   make test                        # lint, types, all tests
 #   make up / make down              # the Docker Compose stack (.env from .env.example first)
+#   make stack-test                  # the stack up from locally built images, the whole loop through it, down
 #   make minikube                    # the API in Minikube, against the compose stack's MLflow
 
 SHELL := /bin/bash
@@ -14,15 +15,17 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 RAW_DATA ?= ../shared/data/dataset_diabetes.zip
 ARGS ?=
-COMPOSE ?= docker compose
+# Compose v2 (`docker compose`) where the plugin answers, else v1 (`docker-compose`); COMPOSE=... overrides.
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo docker compose; \
+	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
 IMAGE ?= healthpredict-service:0-initial
 OVERLAY := k8s/overlays/minikube
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint up down minikube
+.PHONY: help setup run test lint up down stack-test minikube
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## (.*)/  make \1\t\2/' | expand -t 18
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 18
 
 setup: ## create .venv and install the locked dependencies
 	$(PYTHON) -m venv .venv && .venv/bin/pip install 'uv==$(UV_VERSION)' && .venv/bin/uv sync --locked --inexact
@@ -36,13 +39,18 @@ test: ## lint, type checks and every test (the README's test command)
 lint: ## ruff (lint and format check) and mypy
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
-up: ## start the compose stack (needs .env with every placeholder replaced)
+up: ## start the compose stack (needs .env; its `preflight` refuses the placeholders of .env.example)
 	@test -f .env || { echo "error: no .env: cp .env.example .env, then replace every placeholder" >&2; exit 1; }
-	@! grep -nE '^[A-Z_]+=.*change-me' .env || { echo "error: .env still holds the placeholders above" >&2; exit 1; }
+	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
 	$(COMPOSE) up -d --build
 
-down: ## stop the compose stack (volumes are kept; `docker compose down -v` deletes them)
+down: ## stop the compose stack (volumes are kept; `down -v` deletes them)
+	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
 	$(COMPOSE) down
+
+stack-test: setup ## the stack up from locally built images, the whole loop through it, then down (RAW_DATA=zip|csv)
+	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
+	COMPOSE="$(COMPOSE)" HEALTHPREDICT_RAW_DATA=$(RAW_DATA) .venv/bin/python docker/stack_test.py $(ARGS)
 
 minikube: ## build the service image in Minikube and apply the overlay
 	@for f in reload.env mlflow.env; do test -f $(OVERLAY)/$$f || { echo "error: no $(OVERLAY)/$$f: copy $$f.example and fill it in (docs/DEPLOY.md)" >&2; exit 1; }; done

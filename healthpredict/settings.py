@@ -123,7 +123,13 @@ TOP_LEVEL_VARIABLES: dict[str, tuple[Any, str]] = {
         "local state: raw cache, artifacts, MLflow sqlite and artifacts, Ray results, Prefect's embedded server",
     ),
     "PREFECT_API_URL": (None, "a Prefect server (otherwise a temporary local one)"),
+    "HEALTHPREDICT_WORKDIR": (
+        None,
+        "the folder a process worker's flow runs work in (prefect.yaml's pull step; required by those runs)",
+    ),
 }
+#: The variable of :data:`TOP_LEVEL_VARIABLES` that names a process worker's working folder.
+WORKDIR_VARIABLE = "HEALTHPREDICT_WORKDIR"
 
 
 def environment_variables() -> dict[str, tuple[Any, str]]:
@@ -628,6 +634,19 @@ class Settings:
 PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S = 300
 
 
+#: What every process that runs flows needs before Prefect, Ray or MLflow start: no telemetry, our own log lines
+#: (the search's progress) in Prefect's run logs, and no Ray tables, hints or token files. The CLI applies them
+#: (:func:`tool_environment`); every deployment of prefect.yaml, prefect.docker.yaml and prefect.kubernetes.yaml
+#: carries them in its environment, so a worker's flow runs get them too.
+FLOW_RUN_ENVIRONMENT: dict[str, str] = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "healthpredict",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
 def tool_environment(settings: Settings, env: Mapping[str, str] | None = None, verbose: bool = False) -> dict[str, str]:
     """Environment defaults for the embedded tools, for an entrypoint to apply before it imports them.
 
@@ -641,11 +660,7 @@ def tool_environment(settings: Settings, env: Mapping[str, str] | None = None, v
     defaults = {
         "PREFECT_HOME": str(settings.home / "prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "healthpredict",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_AIR_NEW_OUTPUT": "0",
+        **FLOW_RUN_ENVIRONMENT,
         "MLFLOW_LOGGING_LEVEL": "INFO" if verbose else "WARNING",
     }
     if verbose:

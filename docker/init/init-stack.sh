@@ -24,21 +24,36 @@ fi
 healthpredict blocks create --bucket "$HEALTHPREDICT_BUCKET"
 prefect --no-prompt deploy --all
 
+# Through MLflow's auth REST API as the admin (plain HTTP: the flows image carries MLflow's client, not the
+# server's auth app and its Flask dependencies).
 python - <<'PY'
+import base64
+import json
 import os
+import urllib.error
+import urllib.request
 
-from mlflow.exceptions import MlflowException
-from mlflow.server import get_app_client
-
-client = get_app_client("basic-auth", tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+tracking = os.environ["MLFLOW_TRACKING_URI"].rstrip("/")
+admin = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
+headers = {"Authorization": "Basic " + base64.b64encode(admin.encode()).decode(), "Content-Type": "application/json"}
 user, password = os.environ["MLFLOW_SERVICE_USER"], os.environ["MLFLOW_SERVICE_PASSWORD"]
+
+
+def call(method: str, path: str, body: dict[str, str]) -> None:
+    request = urllib.request.Request(f"{tracking}/api/2.0/mlflow/users/{path}", data=json.dumps(body).encode(),
+                                     headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
 try:
-    client.create_user(username=user, password=password)
+    call("POST", "create", {"username": user, "password": password})
     print(f"MLflow user {user} created (read-only: the server's default permission is READ)")
-except MlflowException as exc:
-    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-        raise
-    client.update_user_password(username=user, password=password)
+except urllib.error.HTTPError as exc:
+    answer = exc.read().decode(errors="replace")
+    if "RESOURCE_ALREADY_EXISTS" not in answer:
+        raise SystemExit(f"creating MLflow user {user} failed: HTTP {exc.code} {answer[:300]}") from None
+    call("PATCH", "update-password", {"username": user, "password": password})
     print(f"MLflow user {user} exists; password set again")
 PY
 echo "stack initialised: work pool, blocks, deployments, MLflow user $MLFLOW_SERVICE_USER"

@@ -220,6 +220,9 @@ def test_docker_compose_resolves_the_worker_to_the_fetched_file(tmp_path: Path) 
     host_path, mode = host_path_of(environment["HEALTHPREDICT_RAW_DATA"], volumes, str(REPO_ROOT))
     assert (host_path, mode) == (rendered.target, "ro")
     assert environment_of(services["prefect-server"])["PREFECT_UI_API_URL"] == f"http://{public_host}:4200/api"
+    # MLflow refuses Host headers it does not list (DNS-rebinding protection): the public name is listed
+    allowed = environment_of(services["mlflow"])["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert {f"{public_host}:5000", "mlflow:5000"} <= set(allowed)
 
 
 def test_raw_data_failure_is_reported_and_the_step_runs_after_the_checkout() -> None:

@@ -1,4 +1,7 @@
-"""A real Prefect server, work pool, `prefect deploy --all`, a worker, and `prefect deployment run --watch`."""
+"""A real Prefect server, work pool, `prefect deploy --all`, a worker, and `prefect deployment run --watch`.
+
+The worker runs in another folder than the checkout `prefect deploy` ran in, and its runs work in the folder its
+own HEALTHPREDICT_WORKDIR names: nothing of the deploying checkout is needed."""
 
 import os
 import subprocess
@@ -26,11 +29,16 @@ def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp
         **training_env(home, real_split_home),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
     }
+    worker_env = {**env, "HEALTHPREDICT_WORKDIR": str(tmp_path / "worker-workdir")}
+    elsewhere = tmp_path / "worker-started-here"
+    elsewhere.mkdir()
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
+    def start(
+        args: list[str], log: str, cwd: Path = PROJECT_ROOT, environment: dict[str, str] = env
+    ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            args, env=env, cwd=PROJECT_ROOT, stdout=(tmp_path / log).open("wb"), stderr=subprocess.STDOUT
+            args, env=environment, cwd=cwd, stdout=(tmp_path / log).open("wb"), stderr=subprocess.STDOUT
         )
         processes.append(process)
         return process
@@ -53,12 +61,15 @@ def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp
             "monitor-drift/default", "continuous-improvement/default",
         ):  # fmt: skip
             assert name in run("deployment", "ls").stdout.replace("\n", "") or name in deployed.stdout
-        start([prefect, "worker", "start", "--pool", "healthpredict"], "worker.log")
+        inspected = run("deployment", "inspect", "train/default").stdout
+        assert "set_working_directory_from_env" in inspected and str(PROJECT_ROOT) not in inspected
+        start([prefect, "worker", "start", "--pool", "healthpredict"], "worker.log", elsewhere, worker_env)
         done = run(
             "deployment", "run", "train/default", "-p", "trials_per_family=1", "-p", "time_budget_s=40",
             "-p", 'families=["logreg"]', "--watch", timeout=600,
         )  # fmt: skip
         assert "Completed" in done.stdout
+        assert (tmp_path / "worker-workdir").is_dir()  # the pull step made and entered the worker's folder
         client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
         versions = client.search_model_versions("name = 'health-predict'")
         assert [str(v.version) for v in versions] == ["1"]

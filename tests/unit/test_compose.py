@@ -25,9 +25,9 @@ MINIO_FILE = REPO / "compose.minio.yml"
 AWS_FILE = REPO / "docker-compose.aws.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 
-STACK = {"postgres", "mlflow", "prefect-server", "init", "prefect-worker", "service"}
+STACK = {"preflight", "postgres", "mlflow", "prefect-server", "init", "prefect-worker", "service"}
 LOCAL_STORAGE = {"minio", "minio-init"}
-ONE_SHOT = {"init", "minio-init"}
+ONE_SHOT = {"preflight", "init", "minio-init"}
 CONTROL_PLANE = {"postgres", "prefect-server", "init", "prefect-worker"}
 REQUIRED_VARS = {
     "POSTGRES_USER", "POSTGRES_PASSWORD", "HEALTHPREDICT_BUCKET", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD",
@@ -148,7 +148,7 @@ def test_aws_stack_validates_with_the_env_the_bootstrap_writes(tmp_path: Path) -
 
 def test_stack_services(services: dict[str, Any]) -> None:
     assert set(services) == STACK
-    assert set(load(MINIO_FILE)["services"]) == LOCAL_STORAGE | {"mlflow", "init", "prefect-worker"}
+    assert set(load(MINIO_FILE)["services"]) == LOCAL_STORAGE | {"preflight", "mlflow", "init", "prefect-worker"}
 
 
 def test_long_running_services_have_healthchecks() -> None:
@@ -183,7 +183,8 @@ def test_dependency_graph(services: dict[str, Any]) -> None:
 
 
 def test_networks_separate_the_api_from_the_control_plane(services: dict[str, Any]) -> None:
-    networks = {name: set(svc["networks"]) for name, svc in services.items()}
+    assert services["preflight"]["network_mode"] == "none", "the credential check reaches nothing"
+    networks = {name: set(svc.get("networks", [])) for name, svc in services.items() if name != "preflight"}
     assert networks["service"] == {"serving"}, "the API reaches MLflow and nothing else"
     assert networks["mlflow"] == {"control", "serving"}
     for name in CONTROL_PLANE:
@@ -279,11 +280,13 @@ def test_server_commands(services: dict[str, Any]) -> None:
     assert "s3://${HEALTHPREDICT_BUCKET" in mlflow_cmd
     assert _env_dict(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     prefect = services["prefect-server"]
-    assert prefect["image"].startswith("prefecthq/prefect:3-python3.11")
-    assert "server start" in " ".join(prefect["command"])
+    # The server runs from the flows image, so server and clients share uv.lock's Prefect.
+    worker = services["prefect-worker"]
+    assert prefect["image"] == worker["image"] and prefect["build"] == worker["build"]
+    assert "server start" in " ".join(prefect["entrypoint"] + prefect["command"])
     assert _env_dict(prefect)["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
-    worker = " ".join(services["prefect-worker"]["entrypoint"] + services["prefect-worker"]["command"])
-    assert "worker start --pool healthpredict --type process" in worker
+    started = " ".join(worker["entrypoint"] + worker["command"])
+    assert "worker start --pool healthpredict --type process" in started
     assert "build" in services["prefect-worker"] and "build" in services["mlflow"]
     for name, svc in services.items():
         assert not str(svc.get("image", "")).endswith(":latest"), name
@@ -304,3 +307,156 @@ def test_env_example_is_complete_and_fake() -> None:
     for key, value in values.items():
         if SECRET_KEY.search(key) and key != "POSTGRES_USER":
             assert re.search(r"example|change-?me|placeholder", value), f"{key} does not look fake"
+
+
+# ------------------------------------------------------------------------- preflight: placeholders refused
+
+LOCAL_IMAGES_FILE = REPO / "compose.local-images.yml"
+MONITORING_FILE = REPO / "compose.monitoring.yml"
+ALL_FILES = (COMPOSE_FILE, MINIO_FILE, MONITORING_FILE, AWS_FILE, LOCAL_IMAGES_FILE)
+CHECK_ENV = REPO / "docker" / "init" / "check-env.sh"
+
+
+def _merged_services(*paths: Path) -> dict[str, dict[str, Any]]:
+    """Services of several compose files, environments and dependencies merged as compose merges them."""
+    merged: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for name, svc in load(path)["services"].items():
+            into = merged.setdefault(name, {"environment": {}, "depends_on": {}})
+            into["environment"].update(_env_dict(svc))
+            into["depends_on"].update(svc.get("depends_on", {}))
+    return merged
+
+
+def _credential_variables(path: Path) -> set[str]:
+    return {v for v in re.findall(r"\$\{([A-Z0-9_]+)", path.read_text()) if SECRET_KEY.search(v)}
+
+
+def _run_check_env(values: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(CHECK_ENV)], env={"PATH": os.environ["PATH"], **values}, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+
+
+def test_preflight_refuses_every_placeholder_of_the_env_example_naming_it_not_its_value() -> None:
+    example = env_values(ENV_EXAMPLE)
+    placeholders = {k: v for k, v in example.items() if SECRET_KEY.search(k) and k != "POSTGRES_USER"}
+    proc = _run_check_env(example)
+    assert proc.returncode != 0
+    for name, value in placeholders.items():
+        assert f"error: {name} still holds the placeholder" in proc.stderr, name
+        assert value not in proc.stderr + proc.stdout, f"{name}'s value was printed"
+    # one placeholder left among real values is enough to refuse
+    real = {k: f"real-{i}-value" for i, k in enumerate(placeholders)}
+    assert _run_check_env(real).returncode == 0
+    proc = _run_check_env({**real, "MLFLOW_SERVICE_PASSWORD": example["MLFLOW_SERVICE_PASSWORD"]})
+    assert proc.returncode != 0 and proc.stderr.count("error:") == 1 and "MLFLOW_SERVICE_PASSWORD" in proc.stderr
+
+
+def test_preflight_sees_every_credential_and_guards_everything_that_holds_one() -> None:
+    files = (COMPOSE_FILE, MINIO_FILE, MONITORING_FILE)
+    services = _merged_services(*files)
+    checked = set(services["preflight"]["environment"])
+    for path in files:
+        missing = _credential_variables(path) - checked - {"MLFLOW_ADMIN_USER", "MLFLOW_SERVICE_USER",
+                                                           "MINIO_MLFLOW_USER", "MINIO_FLOWS_USER"}  # fmt: skip
+        assert not missing, f"{path.name}: preflight does not check {sorted(missing)}"
+
+    def guarded(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        deps = set(services[name]["depends_on"])
+        return "preflight" in deps or any(guarded(d, seen | {name}) for d in deps - seen)
+
+    for name, svc in services.items():
+        holds = any(SECRET_KEY.search(k) for k in svc["environment"])
+        if name != "preflight" and holds:
+            assert guarded(name), f"{name} holds a credential but may start before the preflight check"
+
+
+# ------------------------------------------------------------------------- images: exact versions, built locally
+
+LEADING_VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:[-_.]|$)")
+DATED_RELEASE = re.compile(r"^RELEASE\.\d{4}-\d{2}-\d{2}T")
+#: Projects whose releases have two parts (PostgreSQL 15.13 is one release); every other needs major.minor.patch.
+TWO_PART_VERSIONS = {"postgres"}
+
+
+def floating_image(reference: str) -> str | None:
+    """Why a third-party image reference is not pinned to an exact version (None when it is, or is ours)."""
+    reference = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", reference)  # the default of ${VAR:-default}
+    if "@sha256:" in reference:
+        return None
+    name, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (reference, "", "")
+    if name.rsplit("/", 1)[-1].startswith("healthpredict-") or name.startswith("local/"):
+        return None  # built by this project
+    if not tag:
+        return f"{reference}: no tag (means latest)"
+    version = LEADING_VERSION.match(tag)
+    needed = 2 if name.rsplit("/", 1)[-1] in TWO_PART_VERSIONS else 3
+    if DATED_RELEASE.match(tag) or (version and version.group(1).count(".") + 1 >= needed):
+        return None
+    return f"{reference}: tag {tag!r} is not an exact version"
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["prefecthq/prefect:3-python3.11", "postgres:16-bookworm", "postgres", "grafana/grafana-oss:latest",
+     "${PROMETHEUS_IMAGE:-prom/prometheus:v2}", "python:3.11-slim", "postgres:15-bookworm", "prom/pushgateway:v1.10"],
+)  # fmt: skip
+def test_floating_tags_are_refused(reference: str) -> None:
+    assert floating_image(reference) is not None
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["postgres:15.13-bookworm", "${PROMETHEUS_IMAGE:-prom/prometheus:v2.55.1}", "python:3.11.11-slim-bookworm",
+     "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z", "healthpredict-flows:${HEALTHPREDICT_IMAGE_TAG:-0-initial}",
+     "busybox@sha256:" + "0" * 64],
+)  # fmt: skip
+def test_exact_versions_and_own_images_pass(reference: str) -> None:
+    assert floating_image(reference) is None
+
+
+def _manifest_images() -> list[str]:
+    images = []
+    for path in sorted((REPO / "k8s").rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            text = yaml.safe_dump(document)
+            images += re.findall(r"^\s*(?:- )?image: (\S+)$", text, re.M)
+            for item in (document or {}).get("images", []) if isinstance(document, dict) else []:
+                images.append(f"{item.get('newName', item['name'])}:{item.get('newTag', '')}")
+    return images
+
+
+def test_every_third_party_image_is_pinned_to_an_exact_version() -> None:
+    references = [str(svc["image"]) for path in ALL_FILES for svc in load(path)["services"].values() if "image" in svc]
+    references += _manifest_images()
+    for dockerfile in [REPO / "Dockerfile", *(REPO / "docker").rglob("*Dockerfile")]:
+        references += re.findall(r"^ARG PYTHON_IMAGE=(\S+)", dockerfile.read_text(), re.M)
+    assert len(references) > 15
+    floating = [why for why in map(floating_image, references) if why]
+    assert not floating, floating
+
+
+def test_local_images_override_builds_every_image_from_the_local_base(tmp_path: Path) -> None:
+    """With compose.local-images.yml nothing is pulled: each started service is built here, from the local base
+    (or runs an image another service builds), with the host's network for the package registries."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    files = [COMPOSE_FILE, MINIO_FILE, MONITORING_FILE, LOCAL_IMAGES_FILE]
+    proc = run_config(env_file, files)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    built = {svc["image"] for svc in resolved.values() if "build" in svc}
+    for name, svc in resolved.items():
+        if "grafana" in svc.get("profiles", []):
+            assert name == "grafana"
+            continue
+        if "build" not in svc:
+            assert svc["image"] in built, f"{name} would pull {svc['image']}"
+            continue
+        build = svc["build"]
+        assert build["args"]["PYTHON_IMAGE"] == "local/python:3.11-bookworm", name
+        assert build.get("network") == "host", name
+        assert (REPO / build.get("dockerfile", "Dockerfile")).is_file() or Path(build["dockerfile"]).is_file(), name
+    assert {"postgres", "minio", "prometheus", "pushgateway", "mlflow", "prefect-server"} <= {
+        n for n, s in resolved.items() if "build" in s
+    }

@@ -6,6 +6,7 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_parser_sees_stages_and_continuations() -> None:
 def test_multi_stage_with_substitutable_python_base(parsed: tuple[dict[str, str], list[Stage]]) -> None:
     args, stages = parsed
     assert len(stages) >= 2
-    assert args.get("PYTHON_IMAGE") == "python:3.11-slim"
+    assert args.get("PYTHON_IMAGE") == "python:3.11.11-slim-bookworm"
     for stage in stages:
         assert stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE"), f"stage {stage.name} ignores PYTHON_IMAGE"
     builder = stages[0]
@@ -115,8 +116,6 @@ def _requirements(lines: list[str]) -> dict[str, str]:
 
 
 def test_service_requirements_are_project_dependencies_with_the_same_ranges() -> None:
-    import tomllib
-
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     project = _requirements(pyproject["project"]["dependencies"])
     service = _requirements(pyproject["dependency-groups"]["service"])
@@ -132,8 +131,8 @@ def test_service_requirements_are_project_dependencies_with_the_same_ranges() ->
 @pytest.mark.parametrize("path", ["docker/worker/Dockerfile", "docker/mlflow/Dockerfile"])
 def test_other_images_are_non_root_from_the_same_base(path: str) -> None:
     args, stages = parse((REPO / path).read_text())
-    assert args.get("PYTHON_IMAGE") == "python:3.11-slim"
-    assert all(stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE", "${PYTHON_IMAGE:-python:3.11-slim}")
+    assert args.get("PYTHON_IMAGE") == "python:3.11.11-slim-bookworm"
+    assert all(stage.base in ("${PYTHON_IMAGE}", "$PYTHON_IMAGE", "${PYTHON_IMAGE:-python:3.11.11-slim-bookworm}")
                for stage in stages)  # fmt: skip
     final_stage = stages[-1]
     assert final_stage.args("USER") and final_stage.args("USER")[-1].split(":")[0] == "10001"
@@ -244,3 +243,15 @@ def test_dockerignore_excludes_secrets_state_and_data() -> None:
         "flows/__init__.py",
     ):
         assert not _ignored(patterns, path), f".dockerignore excludes {path}, which the build needs"
+
+
+def test_mlflow_image_installs_its_locked_group() -> None:
+    """The MLflow server comes from uv.lock (the `mlflow-server` group), the same MLflow as every client."""
+    _, stages = parse((REPO / "docker" / "mlflow" / "Dockerfile").read_text())
+    (server,) = stages
+    assert "pyproject.toml uv.lock ./" in server.args("COPY")
+    locked = "uv sync --frozen --no-build --no-install-project --only-group mlflow-server"
+    assert any(locked in r for r in server.args("RUN"))
+    assert not any(re.search(r"\bpip install\b(?!.*\buv==)", r) for r in server.args("RUN")), "no unlocked pip install"
+    groups = tomllib.loads((REPO / "pyproject.toml").read_text())["dependency-groups"]
+    assert any(spec.startswith("mlflow[auth]") for spec in groups["mlflow-server"])
