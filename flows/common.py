@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from healthpredict.settings import Settings
 
 
 def flow_settings(**training: Any) -> Settings:
-    """Read settings from the environment (fresh each run) and apply the non-``None`` training overrides."""
+    """Read settings from the environment (fresh each run) and apply the non-``None`` training overrides.
+
+    Called first by every flow, so it also lets the project's own INFO lines (the search's progress) through to
+    the run logs: Prefect ships the ``healthpredict`` logger (``PREFECT_LOGGING_EXTRA_LOGGERS``) but a worker's
+    flow-run process gives it no level, and the root's WARNING would drop them. A level set by the command line
+    (``-v``) is kept.
+    """
+    project_log = logging.getLogger("healthpredict")
+    if project_log.level == logging.NOTSET:
+        project_log.setLevel(logging.INFO)
     return Settings.from_env().with_training(**training)
 
 

@@ -684,11 +684,14 @@ def apply_tool_environment(settings: Settings, verbose: bool = False) -> None:
 
 def mlflow_client_environment(settings: Settings) -> dict[str, str]:
     """MLflow's HTTP client settings for a process that only reads the registry (the service): each call times
-    out after ``HEALTHPREDICT_MLFLOW_TIMEOUT_S`` and is retried once, instead of MLflow's minutes of retries."""
+    out after ``HEALTHPREDICT_MLFLOW_TIMEOUT_S`` and is retried once, instead of MLflow's minutes of retries; and
+    artifacts stream through the tracking server, never from presigned URLs of the bucket behind it (a tracking
+    server that proxies an S3 store offers those, and the service can reach the server alone)."""
     return {
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(settings.service.mlflow_timeout_s))),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
     }
 
 

@@ -324,14 +324,15 @@ public_address() {{
 public_host="$(public_address)"
 
 # The stack's .env: the AWS compose files, ports on all interfaces (the security group decides who reaches
-# them), the Prefect UI's API address and the host names MLflow answers (its public one too), the Pulumi bucket, the raw data's folder and file name, and every secret
-# from SSM Parameter Store. Readable by root only.
+# them), the Prefect UI's API address and the host names MLflow answers (its public one too), the Pulumi
+# bucket, the raw data's folder and file name, and every secret from SSM Parameter Store. Readable by root only.
 umask 077
 {{
   echo "COMPOSE_FILE={compose_files}"
   echo "BIND_ADDRESS=0.0.0.0"
   echo "PREFECT_UI_API_URL=http://$public_host:4200/api"
-  echo "MLFLOW_ALLOWED_HOSTS=localhost,localhost:5000,mlflow,mlflow:5000,$public_host,$public_host:5000"
+  echo "MLFLOW_ALLOWED_HOSTS=localhost,localhost:5000,127.0.0.1,127.0.0.1:5000,mlflow,mlflow:5000,\
+$public_host,$public_host:5000"
   echo "AWS_REGION={region}"
   echo "HEALTHPREDICT_BUCKET={bucket_name}"
   echo "POSTGRES_USER=healthpredict"

@@ -206,7 +206,7 @@ def test_mlflow_requires_credentials_and_the_api_reads_only(services: dict[str, 
     assert init.endswith("/opt/healthpredict/init-stack.sh")
     script = (REPO / "docker" / "init" / "init-stack.sh").read_text()
     for step in ("prefect work-pool create healthpredict --type process", "healthpredict blocks create",
-                 "prefect --no-prompt deploy --all", "create_user"):  # fmt: skip
+                 "prefect --no-prompt deploy --all", "/api/2.0/mlflow/users/"):  # fmt: skip
         assert step in script, step
 
 

@@ -146,8 +146,8 @@ def test_worker_image_installs_the_locked_dependencies() -> None:
     builder = stages[0]
     runs = builder.args("RUN")
     assert "pyproject.toml uv.lock ./" in builder.args("COPY")
-    assert any(re.search(r"\buv sync --frozen --no-build --no-install-project$", r) for r in runs)
-    assert any(re.search(r"\bpip install\b.*--no-deps \.$", r) for r in runs)
+    assert any(re.search(r"\buv sync --frozen --no-build --no-install-project --compile-bytecode$", r) for r in runs)
+    assert any(re.search(r"\bpip install\b.*--no-deps .*--compile-bytecode \.$", r) for r in runs)
 
 
 def test_final_stage_copies_only_the_venv(parsed: tuple[dict[str, str], list[Stage]], final: Stage) -> None:
