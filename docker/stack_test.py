@@ -207,6 +207,21 @@ def wait_until_up(stack: Stack, timeout: float = 900) -> None:
     raise StackTestError(f"not up after {timeout:.0f} s: {', '.join(pending)}")
 
 
+def check_user_interfaces(admin_password: str) -> None:
+    """The Prefect UI and the MLflow UI answer their pages on the published ports (MLflow's after sign-in)."""
+    import httpx
+
+    pages = {
+        "Prefect UI": httpx.get("http://127.0.0.1:4200/", timeout=10),
+        "MLflow UI": httpx.get("http://127.0.0.1:5000/", auth=("admin", admin_password), timeout=10),
+    }
+    for name, page in pages.items():
+        if page.status_code != 200 or "<html" not in page.text.lower():
+            raise StackTestError(f"the {name} answered {page.status_code}, not its page: {page.text[:200]}")
+    if httpx.get("http://127.0.0.1:5000/", timeout=10).status_code != 401:
+        raise StackTestError("the MLflow UI answers without credentials")
+
+
 def run_deployment(name: str, parameters: dict[str, Any], timeout: float) -> Any:
     """Start a deployment's run through the Prefect server's API and wait for its final state."""
     from prefect.deployments import run_deployment as prefect_run_deployment
@@ -379,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         with timings.step("up -d, every healthcheck passing"):
             stack.run("up", "-d", timeout=1200)
             wait_until_up(stack)
+            check_user_interfaces(values["MLFLOW_ADMIN_PASSWORD"])
         records = real_records(raw_data, work)
 
         with timings.step("pipeline/default on the compose worker, to Completed"):

@@ -139,3 +139,13 @@ def test_every_variable_is_declared_once_and_the_readme_table_is_generated_from_
     table = text.split("<!-- settings-table:start -->\n", 1)[1].split("\n<!-- settings-table:end -->", 1)[0]
     assert table == settings_table_markdown(), "regenerate the README's configuration table"
     assert all(f"| `{name}` |" in table for name in variables)
+
+
+def test_the_service_reads_artifacts_through_the_tracking_server_only(tmp_path: Path) -> None:
+    """A tracking server that proxies an S3 store offers presigned bucket URLs; the service, which reaches the
+    server alone (docker-compose.yml's `serving` network), must stream through it instead."""
+    from healthpredict.settings import mlflow_client_environment
+
+    env = mlflow_client_environment(Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path)}))
+    assert env["MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"] == "false"
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
