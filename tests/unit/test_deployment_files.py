@@ -72,3 +72,27 @@ def test_the_pull_step_refuses_a_file(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv(WORKDIR_VARIABLE, str(tmp_path / "state"))
     with pytest.raises(NotADirectoryError, match=f"{WORKDIR_VARIABLE}=.*state is not a folder"):
         set_working_directory_from_env()
+
+
+def test_every_flow_lets_the_projects_info_lines_into_the_run_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect ships the `healthpredict` logger (FLOW_RUN_ENVIRONMENT) but gives it no level in a worker's
+    flow-run process: flow_settings, which every flow calls first, lets INFO through and keeps a level the
+    command line set."""
+    import logging
+
+    from flows.common import flow_settings
+
+    monkeypatch.setenv("HEALTHPREDICT_HOME", str(tmp_path))
+    project_log = logging.getLogger("healthpredict")
+    saved = project_log.level
+    try:
+        project_log.setLevel(logging.NOTSET)
+        flow_settings()
+        assert project_log.getEffectiveLevel() == logging.INFO
+        project_log.setLevel(logging.DEBUG)  # `healthpredict -v`
+        flow_settings()
+        assert project_log.level == logging.DEBUG
+    finally:
+        project_log.setLevel(saved)
