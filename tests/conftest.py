@@ -14,13 +14,17 @@ import pandas as pd
 import pytest
 
 from healthpredict.schema import CATEGORY_VOCABULARIES, MEDICATION_COLUMNS, RAW_COLUMNS
-from healthpredict.settings import Settings
+from healthpredict.settings import PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S, Settings
 
 # Every Ray process the tests start (local instances and the test cluster) binds to loopback only; Ray reads
 # this when it is first imported, so it is set before any test module imports it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# A temporary Prefect server that a test starts (Prefect's own, e.g. to render a work pool's job) gets the time
+# the command line gives it: its first start on a new Prefect home creates and migrates its database, longer
+# than Prefect's 20 s default on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S))
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(
