@@ -18,6 +18,8 @@ ARGS ?=
 # Compose v2 (`docker compose`) where the plugin answers, else v1 (`docker-compose`); COMPOSE=... overrides.
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo docker compose; \
 	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; fi)
+# The first line of every target that runs compose.
+REQUIRE_COMPOSE = test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
 IMAGE ?= healthpredict-service:0-initial
 OVERLAY := k8s/overlays/minikube
 
@@ -41,15 +43,15 @@ lint: ## ruff (lint and format check) and mypy
 
 up: ## start the compose stack (needs .env; its `preflight` refuses the placeholders of .env.example)
 	@test -f .env || { echo "error: no .env: cp .env.example .env, then replace every placeholder" >&2; exit 1; }
-	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
+	@$(REQUIRE_COMPOSE)
 	$(COMPOSE) up -d --build
 
 down: ## stop the compose stack (volumes are kept; `down -v` deletes them)
-	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
+	@$(REQUIRE_COMPOSE)
 	$(COMPOSE) down
 
 stack-test: setup ## the stack up from locally built images, the whole loop through it, then down (RAW_DATA=zip|csv)
-	@test -n "$(COMPOSE)" || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
+	@$(REQUIRE_COMPOSE)
 	COMPOSE="$(COMPOSE)" HEALTHPREDICT_RAW_DATA=$(RAW_DATA) .venv/bin/python docker/stack_test.py $(ARGS)
 
 minikube: ## build the service image in Minikube and apply the overlay

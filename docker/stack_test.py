@@ -96,22 +96,20 @@ class Stack:
         self.base = [*compose, "--project-name", PROJECT, "--env-file", str(env_file)]
         for name in COMPOSE_FILES:
             self.base += ["--file", str(ROOT / name)]
+        # The files above decide; a COMPOSE_FILE or COMPOSE_PROFILES of the caller's shell must not.
+        self.env = {**os.environ, "COMPOSE_FILE": "", "COMPOSE_PROFILES": ""}
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [*self.base, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "COMPOSE_FILE": "", "COMPOSE_PROFILES": ""},
-        )  # fmt: skip
+            [*self.base, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=self.env
+        )
         if check and done.returncode != 0:
             raise StackTestError(f"compose {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
 
     def stream(self, *args: str, timeout: float) -> None:
         """A long compose command with its output shown as it goes (image builds)."""
-        process = subprocess.run(
-            [*self.base, *args], cwd=ROOT, timeout=timeout,
-            env={**os.environ, "COMPOSE_FILE": "", "COMPOSE_PROFILES": ""},
-        )  # fmt: skip
+        process = subprocess.run([*self.base, *args], cwd=ROOT, timeout=timeout, env=self.env)
         if process.returncode != 0:
             raise StackTestError(f"compose {' '.join(args)} exited {process.returncode}")
 
@@ -180,6 +178,7 @@ def ensure_base_image(image: str) -> None:
 
 def wait_until_up(stack: Stack, timeout: float = 900) -> None:
     """Every service healthy, every one-shot exited 0; a one-shot that failed or a container that died stops it."""
+    expected = set(stack.run("config", "--services").stdout.split()) - ONE_SHOTS - NOT_STARTED
     deadline = time.monotonic() + timeout
     pending: list[str] = []
     while time.monotonic() < deadline:
@@ -191,7 +190,6 @@ def wait_until_up(stack: Stack, timeout: float = 900) -> None:
                 pending.append(service)
             elif state["ExitCode"] != 0:
                 raise StackTestError(f"one-shot `{service}` exited {state['ExitCode']}:\n{stack.logs(service)}")
-        expected = set(stack.run("config", "--services").stdout.split()) - ONE_SHOTS - NOT_STARTED
         for service in sorted(expected):
             state = containers.get(service, {}).get("State")
             if state is None:

@@ -200,7 +200,8 @@ def render_bootstrap_script(
     check_raw_data_uri(raw_data_uri, bucket_name)
     q = shlex.quote
     compose_files = q(compose_file) if compose_file else COMPOSE_FILES_ON_AWS
-    raw_data_file = f"{RAW_DATA_DIR}/{raw_data_file_name(raw_data_uri)}"
+    raw_file_name = raw_data_file_name(raw_data_uri)
+    raw_data_file = f"{RAW_DATA_DIR}/{raw_file_name}"
     return f"""#!/bin/bash
 # HealthPredict host bootstrap, rendered by infra_pulumi/compute.py.
 # Log: /var/log/healthpredict-bootstrap.log; result: SSM parameter {status_parameter}
@@ -337,7 +338,7 @@ $public_host,$public_host:5000"
   echo "HEALTHPREDICT_BUCKET={bucket_name}"
   echo "POSTGRES_USER=healthpredict"
   echo "HEALTHPREDICT_RAW_DATA_DIR={RAW_DATA_DIR}"
-  echo "HEALTHPREDICT_RAW_FILE={raw_data_file_name(raw_data_uri)}"
+  echo "HEALTHPREDICT_RAW_FILE={raw_file_name}"
   python3 - {q(secrets_path)} {q(region)} <<'PY'
 {_WRITE_ENV}PY
 }} > .env.new
