@@ -11,7 +11,8 @@ In order, against the stack's published ports on 127.0.0.1:
    hot-reloads to it while a light load of real records gets no failed answer;
 5. ``monitor-drift/default`` pushes a drift check to the Pushgateway, and Prometheus has scraped the service and
    the Pushgateway;
-6. ``down -v``, whatever happened (``--keep`` leaves the stack up to look at).
+6. ``down -v``, whatever happened (``--keep`` leaves the stack up to look at); what a killed run left is taken
+   down before the next one starts.
 
 Credentials are random, written to a private env file; the user's own ``.env`` is neither read nor touched.
 Needs a Docker engine (``DOCKER_HOST`` or the local socket), Compose v2 or v1, and the raw UCI file.
@@ -384,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         env_file = write_env_file(work, raw_data, base_image)
         values = read_env_file(env_file)
         stack = Stack(compose, env_file)
+        # What a killed earlier run left (its containers and volumes): this project name is the test's alone.
+        stack.run("down", "-v", "--remove-orphans", timeout=300, check=False)
         check_ports_free()
         with timings.step("base image"):
             ensure_base_image(base_image)
