@@ -453,14 +453,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(stack.run("ps", check=False).stdout, file=sys.stderr)
         return 1
     finally:
+        # Taken down before anything is printed: after Ctrl-C the terminal or the pipe it printed to may be gone.
         if stack is not None and not args.keep:
-            with timings.step("down -v"):
-                stack.run("down", "-v", "--remove-orphans", timeout=300, check=False)
-        if args.keep and stack is not None:
-            print(f"the stack is left up: {' '.join(stack.base)} down -v  (env file and state in {work})")
-        else:
+            began = time.monotonic()
+            stack.run("down", "-v", "--remove-orphans", timeout=300, check=False)
+            timings.steps.append(("down -v", time.monotonic() - began))
+        if not (args.keep and stack is not None):
             shutil.rmtree(work, ignore_errors=True)
-        print("timings:\n" + timings.report(), flush=True)
+        with contextlib.suppress(OSError):
+            if args.keep and stack is not None:
+                print(f"the stack is left up: {' '.join(stack.base)} down -v  (env file and state in {work})")
+            print("timings:\n" + timings.report(), flush=True)
     print("stack test passed", flush=True)
     return 0
 
