@@ -7,11 +7,15 @@ through its own pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 import subprocess
+import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +31,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 from sklearn.pipeline import Pipeline
-from skops.io.exceptions import UntrustedTypesFoundException
 
 from healthpredict import model_format
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
-from healthpredict.model_format import SERIALIZATION_FORMAT
+from healthpredict.model_format import (
+    DIGEST_TAG,
+    REGISTRY_METADATA_FILE,
+    FileRecord,
+    ModelIntegrityError,
+    artifact_digest,
+    file_manifest,
+    find_record,
+    record_tags,
+)
 from healthpredict.schema import INTEGER_COLUMNS, NULLABLE_COLUMNS
 from healthpredict.settings import Settings
 
@@ -40,18 +52,27 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
-#: Version tag holding :func:`artifact_digest` of the model folder as registered; checked before every load.
-DIGEST_TAG = "model.sha256"
+#: ``models:/<model id>``: a logged model by its id (MLflow 3), not a registered model's name.
+LOGGED_MODEL_URI = re.compile(r"models:/m-[0-9a-f]{32}")
+__all__ = ["DIGEST_TAG", "REGISTRY_METADATA_FILE", "artifact_digest"]  # re-exported: the record's names
 
 
 class RegistryError(RuntimeError):
     """The tracking server, registered model or alias is unavailable; the message names it."""
 
 
+def healthpredict_version() -> str:
+    try:
+        return installed_version("healthpredict")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def pip_requirements() -> list[str]:
-    """Pinned runtime requirements of a logged pipeline (skips MLflow's slow inference). The project's own code
-    travels inside the model (``code/healthpredict``), so no unpublished package is required."""
+    """Pinned runtime requirements of a logged pipeline (skips MLflow's slow inference). The model holds no code:
+    its pyfunc loader is ``healthpredict.model_format`` from the installed package, pinned here."""
     return [
+        f"healthpredict=={healthpredict_version()}",
         f"scikit-learn=={sklearn.__version__}",
         f"xgboost=={xgboost.__version__}",
         f"pandas=={pd.__version__}",
@@ -154,12 +175,18 @@ def log_pipeline(
 ) -> mlflow.models.model.ModelInfo:
     """Log one fitted pipeline (:mod:`healthpredict.model_format`) with signature, input example and model card.
 
-    ``metadata`` must hold the decision ``threshold``; it travels in the MLmodel file with the model.
+    ``metadata`` must hold the decision ``threshold``; it travels in the MLmodel file with the model. The digest
+    of the files as logged is recorded on the logged model (:data:`DIGEST_TAG`), so ``runs:/`` URIs and
+    downloaded folders are checked too.
     """
-    return Model.log(
+    info = Model.log(
         artifact_path=None, name=MODEL_ARTIFACT, flavor=model_format, sk_model=pipeline, card=card,
         **_model_arguments(example, metadata),
     )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="healthpredict-logged-") as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=scratch))
+        MlflowClient().set_logged_model_tags(info.model_id, record_tags(file_manifest(local)))
+    return info
 
 
 def save_pipeline(
@@ -168,38 +195,46 @@ def save_pipeline(
     example: pd.DataFrame,
     metadata: dict[str, Any],
     card: dict[str, bytes] | None = None,
-) -> None:
-    """Save a fitted pipeline as a model folder, exactly as :func:`log_pipeline` logs it."""
+) -> str:
+    """Save a fitted pipeline as a model folder, exactly as :func:`log_pipeline` logs it; returns the digest of its
+    files, which a folder that was never logged is loaded against (``HEALTHPREDICT_MODEL_SHA256``)."""
     model_format.save_model(pipeline, str(path), card=card, **_model_arguments(example, metadata))
+    return artifact_digest(path)
 
 
-#: Written into the model folder by MLflow when a version is registered (its name and version), not model content.
-REGISTRY_METADATA_FILE = "registered_model_meta"
+def _write_registry_metadata(client: MlflowClient, name: str, version: str) -> None:
+    """Write the name and version into a version's folder in a local artifact store, as MLflow itself does
+    whenever it loads a registered version from such a store in place: the folder's files are then the same
+    before and after any load (the file is not model content and stays out of the digest)."""
+    from mlflow.utils.yaml_utils import write_yaml
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def artifact_digest(folder: Path) -> str:
-    """One sha256 over every file of a model folder (names and contents): any change to any file changes it."""
-    digest = hashlib.sha256()
-    files = (p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != REGISTRY_METADATA_FILE)
-    for path in sorted(files):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path)}\n".encode())
-    return digest.hexdigest()
+    location = client.get_model_version_download_uri(name, version)
+    folder = Path(urllib.parse.urlparse(location).path) if location.startswith("file:") else Path(location)
+    if ("://" in location and not location.startswith("file:")) or not folder.is_dir():
+        return  # a remote store: MLflow downloads to a fresh folder and writes the file there
+    write_yaml(
+        str(folder), REGISTRY_METADATA_FILE, {"model_name": name, "model_version": version},
+        overwrite=True, ensure_yaml_extension=False,
+    )  # fmt: skip
 
 
 def register_challenger(settings: Settings, model_uri: str, tags: dict[str, str]) -> ModelVersion:
-    """Register a model that passed the floor, with the digest of its artifact, and point ``challenger`` at it."""
+    """Register a model that passed the floor, with the digest of its files (and each file's), and point
+    ``challenger`` at it. Files that changed since they were logged are refused."""
     client = MlflowClient()
     name = settings.tracking.model_name
-    digest = artifact_digest(Path(mlflow.artifacts.download_artifacts(model_uri)))
-    version = mlflow.register_model(model_uri, name, tags={**tags, DIGEST_TAG: digest})
+    with tempfile.TemporaryDirectory(prefix="healthpredict-register-") as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=scratch))
+        manifest = file_manifest(local)
+        model_id = model_format.mlmodel_field(local, "model_id")
+    logged = FileRecord.from_tags(client.get_logged_model(model_id).tags or {}, model_id) if model_id else None
+    if logged is not None and logged.digest != model_format.manifest_digest(manifest):
+        raise RegistryError(
+            f"{model_uri}: the model's files changed after they were logged "
+            f"({model_format.describe_changes(logged.files, manifest)}); refusing to register"
+        )
+    version = mlflow.register_model(model_uri, name, tags={**tags, **record_tags(manifest)})
+    _write_registry_metadata(client, name, str(version.version))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
@@ -252,86 +287,82 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, version or None, None
 
 
-def _load_pipeline(uri: str, resolved: str, expected_digest: str | None) -> tuple[Pipeline, Model, dict[str, bytes]]:
-    """The pipeline and MLmodel of ``resolved``: its files first checked against ``expected_digest`` (a registered
-    version's), then deserialised only by skops with the code's trusted types (:mod:`healthpredict.model_format`)."""
+def _download(uri: str, source: str, scratch: str) -> Path:
+    """A private copy of the model at ``uri`` (a folder, or any URI MLflow downloads from) inside ``scratch``."""
     try:
-        local = Path(resolved) if Path(resolved).is_dir() else Path(mlflow.artifacts.download_artifacts(resolved))
-        if expected_digest is not None and artifact_digest(local) != expected_digest:
-            raise RegistryError(
-                f"{uri}: the model's files differ from those registered ({DIGEST_TAG} mismatch); refusing to load"
-            )
-        info = Model.load(str(local))
+        if Path(source).is_dir():
+            return Path(source)  # open_model copies it before anything is checked or read
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=scratch))
     except MlflowException as exc:
         raise RegistryError(f"{uri}: model cannot be loaded ({exc.message})") from exc
     except OSError as exc:
         raise RegistryError(f"{uri}: model cannot be loaded ({exc})") from exc
-    flavor = info.flavors.get("sklearn")
-    if flavor is None:
-        raise RegistryError(f"{uri}: not a scikit-learn model (flavors: {', '.join(sorted(info.flavors))})")
-    serialization = flavor.get("serialization_format")
-    if serialization != SERIALIZATION_FORMAT:
+
+
+def _record_of_version(uri: str, mv: ModelVersion) -> FileRecord:
+    record = FileRecord.from_tags(mv.tags or {}, f"registered version {mv.name}/{mv.version}")
+    if record is None:
         raise RegistryError(
-            f"{uri}: saved as {serialization!r}, a format that can run code when loaded; only {SERIALIZATION_FORMAT!r} "
-            "models are loaded (train or log it again with this version of healthpredict)"
+            f"{uri}: version {mv.version} carries no {DIGEST_TAG} tag, so its files cannot be checked; register it "
+            "again with this version of healthpredict"
         )
-    try:
-        pipeline = model_format.load_skops(local / flavor["pickled_model"])
-    except UntrustedTypesFoundException as exc:
-        raise RegistryError(f"{uri}: the model holds types that are not trusted ({exc})") from exc
-    except Exception as exc:  # a damaged artifact fails in many ways (zip, JSON, array parsing): name it
-        raise RegistryError(f"{uri}: model cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(pipeline, Pipeline):
-        raise RegistryError(f"{uri}: expected an sklearn Pipeline, found {type(pipeline).__name__}")
-    card_dir = local / model_format.CARD_DIR
-    card = {path.name: path.read_bytes() for path in sorted(card_dir.iterdir())} if card_dir.is_dir() else {}
-    return pipeline, info, card
+    return record
 
 
-def load_model(uri: str) -> LoadedModel:
-    """Load a logged pipeline from a registry URI (``models:/name@alias``, ``models:/name/N``) or a folder."""
+def load_model(uri: str, expected_digest: str | None = None) -> LoadedModel:
+    """Load a logged pipeline from ``models:/name@alias``, ``models:/name/N``, ``models:/<model id>``,
+    ``runs:/<run id>/<path>`` or a model folder.
+
+    A private copy of the files is checked against their record before anything in them is read
+    (:func:`healthpredict.model_format.open_model`): a registered version's tags; for a logged model, a
+    ``runs:/`` URI or a folder, the logged model's tags; for a folder, ``expected_digest`` (the operator's pin)
+    when given. Nothing is written where the files are stored.
+    """
     name = version = alias = run_id = None
-    resolved = uri
-    if uri.startswith("models:/"):
-        name, version, alias = parse_models_uri(uri)
-        client = MlflowClient()
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="healthpredict-load-") as scratch:
+        if uri.startswith("models:/") and not LOGGED_MODEL_URI.fullmatch(uri):
+            name, version, alias = parse_models_uri(uri)
+            try:
+                mv = (
+                    client.get_model_version_by_alias(name, alias)
+                    if alias
+                    else client.get_model_version(name, version or "")
+                )
+                source = client.get_model_version_download_uri(name, str(mv.version))
+            except MlflowException as exc:
+                raise RegistryError(f"{uri}: no such registered model version or alias ({exc.message})") from exc
+            version, run_id = str(mv.version), mv.run_id
+            record = _record_of_version(uri, mv)
+            local = _download(uri, source, scratch)
+        else:
+            local = _download(uri, uri, scratch)
+            try:
+                record = find_record(local, expected_digest if Path(uri).is_dir() else None)
+            except ModelIntegrityError as exc:
+                raise RegistryError(str(exc).replace(str(local), uri, 1)) from exc
         try:
-            mv = (
-                client.get_model_version_by_alias(name, alias)
-                if alias
-                else client.get_model_version(name, version or "")
-            )
-        except MlflowException as exc:
-            raise RegistryError(f"{uri}: no such registered model version or alias ({exc.message})") from exc
-        version, run_id = str(mv.version), mv.run_id
-        resolved = f"models:/{name}/{version}"
-        expected_digest = (mv.tags or {}).get(DIGEST_TAG)
-        if not expected_digest:
-            raise RegistryError(
-                f"{uri}: version {version} carries no {DIGEST_TAG} tag, so its files cannot be checked; register it "
-                "again with this version of healthpredict"
-            )
-    else:
-        expected_digest = None  # a model folder the operator points at: skops' type check still applies
-    pipeline, info, card = _load_pipeline(uri, resolved, expected_digest)
-    metadata = info.metadata or {}
+            opened = model_format.open_model(local, record, uri)
+        except ModelIntegrityError as exc:
+            raise RegistryError(str(exc)) from exc
+    metadata = opened.metadata
     if "threshold" not in metadata:
         raise RegistryError(f"{uri}: the model carries no decision threshold in its metadata")
     return LoadedModel(
-        pipeline=pipeline,
+        pipeline=opened.pipeline,
         threshold=float(metadata["threshold"]),
         uri=uri,
         name=name,
         version=version,
         alias=alias,
-        run_id=run_id or info.run_id,
+        run_id=run_id or opened.info.run_id,
         family=metadata.get("family"),
         metrics={k: float(v) for k, v in (metadata.get("metrics") or {}).items()},
         params=dict(metadata.get("params") or {}),
         explain_background=tuple(float(v) for v in background)
         if (background := metadata.get("explain_background"))
         else None,
-        card=card,
+        card=opened.card,
     )
 
 

@@ -179,6 +179,13 @@ def _sha256(name: str, raw: str) -> str | None:
     return None if raw.strip().lower() == "none" else raw.strip()
 
 
+def _model_digest(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise SettingsError(f"{name} must be a sha256 digest (64 hexadecimal characters)")
+    return value
+
+
 def _window(name: str, raw: str) -> Window:
     value = raw.strip().lower()
     if value == "all":
@@ -356,6 +363,11 @@ class ServiceSettings:
         "the model the service loads (a local model folder works too)",
         shown="`models:/<model name>@champion`",
     )
+    model_sha256: str | None = var(
+        "HEALTHPREDICT_MODEL_SHA256", None,
+        "sha256 a model folder's files must match (registered and logged models are checked against their own record)",
+        parse=_model_digest,
+    )  # fmt: skip
     host: str = var("HEALTHPREDICT_HOST", "127.0.0.1", "address the service binds")
     port: int = var("HEALTHPREDICT_PORT", 8000, "port the service binds", low=0)
     poll_seconds: float = var(

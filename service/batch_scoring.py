@@ -139,7 +139,7 @@ def score_file(settings: Settings, source: Path, output: Path, model_uri: str | 
     frame = read_encounters(source)
     uri = model_uri or settings.service.model_uri
     configure_model_source(settings, uri)
-    served = build_served_model(load_model(uri), settings.service.runtime)
+    served = build_served_model(load_model(uri, settings.service.model_sha256), settings.service.runtime)
     rows, records, rejects = validate_rows(frame)
     probabilities = served.predict_rows(records, msgspec.structs.astuple) if records else np.empty(0, dtype=np.float64)
     scored = pd.DataFrame({"row": np.asarray(rows, dtype=np.int64)})

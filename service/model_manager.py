@@ -120,7 +120,7 @@ class ModelManager:
         settings: Settings,
         on_swap: Callable[[ServedModel], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
-        loader: Callable[[str], LoadedModel] = load_model,
+        loader: Callable[[str], LoadedModel] | None = None,
         on_alias: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -131,7 +131,8 @@ class ModelManager:
         self.last_error_at: dt.datetime | None = None
         self._on_swap = on_swap
         self._on_failure = on_failure
-        self._loader = loader
+        pinned = settings.service.model_sha256
+        self._loader = loader or (lambda uri: load_model(uri, expected_digest=pinned))
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -1,36 +1,48 @@
-"""The README's first command: `healthpredict pipeline` from raw data to a served champion's answer."""
+"""The README's first command: `healthpredict pipeline` from raw data to a served champion's answer; then the
+champion loaded the MLflow way and the project's way, as users run (bytecode writing on), leaves its files as
+they were registered and every command still loads it."""
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import free_port, stop_process, wait_for_http
+from model_routes import bytecode_environment, load_by_every_route
 
 pytestmark = pytest.mark.integration
+HEALTHPREDICT = str(Path(sys.executable).with_name("healthpredict"))
 
 
-def test_pipeline_command_serves_the_champion(real_data: Path, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    (tmp_path / "prefect").mkdir()
-    env = {
-        **os.environ,
-        "HEALTHPREDICT_HOME": str(home),
-        "HEALTHPREDICT_RAW_DATA": str(real_data),
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+@pytest.fixture(scope="module")
+def main_job(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The main job on the embedded defaults (a quick search), run with bytecode writing on."""
+    work = tmp_path_factory.mktemp("main-job")
+    home = work / "home"
+    (work / "prefect").mkdir()
+    env = bytecode_environment({
+        "HEALTHPREDICT_HOME": str(home), "HEALTHPREDICT_RAW_DATA": str(real_data),
+        "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "HEALTHPREDICT_BOOTSTRAP_ROUNDS": "50",
-    }
+    })  # fmt: skip
     env.pop("PREFECT_API_URL", None)
     port = free_port()
     done = subprocess.run(
         [
-            str(Path(sys.executable).with_name("healthpredict")), "pipeline", "--families", "logreg",
-            "--trials-per-family", "2", "--time-budget-s", "60", "--port", str(port), "--exit-after-sample",
+            HEALTHPREDICT, "pipeline", "--families", "logreg", "--trials-per-family", "2", "--time-budget-s", "60",
+            "--port", str(port), "--exit-after-sample",
         ],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, cwd=work,
     )  # fmt: skip
+    return {"done": done, "port": port, "home": home, "work": work, "env": env}
+
+
+def test_pipeline_command_serves_the_champion(main_job: dict[str, Any]) -> None:
+    done, port = main_job["done"], main_job["port"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "registered version 1 with alias `challenger`" in out
@@ -38,3 +50,70 @@ def test_pipeline_command_serves_the_champion(real_data: Path, tmp_path: Path) -
     assert "alias `champion` moved to version 1" in out
     assert f"The champion is served at http://127.0.0.1:{port}" in out
     assert "'model_version': '1'" in out and "'probability': " in out
+
+
+def model_files(folder: Path) -> dict[str, bytes]:
+    """Every file of the champion's folder, but MLflow's note of how it was last loaded (docs/SERVICE.md)."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "registered_model_meta"
+    }
+
+
+def test_loading_the_champion_every_way_leaves_it_loadable(main_job: dict[str, Any]) -> None:
+    assert main_job["done"].returncode == 0, "the main job failed (see the test above)"
+    home, work = main_job["home"], main_job["work"]
+    tracking = f"sqlite:///{home / 'mlflow.db'}"
+    [folder] = [p.parent for p in (home / "mlartifacts").rglob("MLmodel")]
+    before = model_files(folder)
+    listing = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert not [name for name in before if name.startswith("code/") or "__pycache__" in name]
+
+    outcomes = load_by_every_route(["models:/health-predict@champion", "models:/health-predict/1"], tracking, work)
+    assert set(outcomes.values()) == {"loaded"}, outcomes
+
+    # `mlflow models serve`, as the README shows it, with bytecode writing on
+    port = free_port()
+    env = bytecode_environment({"MLFLOW_TRACKING_URI": tracking})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    with (work / "mlflow-serve.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/health-predict@champion",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=log, cwd=work,
+        )  # fmt: skip
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, process=server)
+        finally:
+            stop_process(server)
+
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == listing
+    assert model_files(folder) == before
+
+    # every command still loads the champion: `healthpredict serve` becomes ready on it, `predict` scores with it
+    env = {**main_job["env"], "HEALTHPREDICT_MODEL_POLL_SECONDS": "0"}
+    port = free_port()
+    with (work / "serve.log").open("wb") as log:
+        service = subprocess.Popen(
+            [HEALTHPREDICT, "serve", "--port", str(port)], env=env, stdout=log, stderr=log, cwd=work
+        )
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/health/ready", timeout=180, process=service)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10) as response:
+                assert json.loads(response.read())["version"] == "1"
+        finally:
+            stop_process(service)
+    records = work / "records.csv"
+    test_part = next((home / "artifacts").rglob("test*.parquet"), None)
+    assert test_part is not None, sorted(p.name for p in (home / "artifacts").rglob("*"))
+    import pandas as pd
+
+    pd.read_parquet(test_part).head(20).to_csv(records, index=False)
+    scored = subprocess.run(
+        [HEALTHPREDICT, "predict", "--input", str(records), "--output", str(work / "scored.parquet")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=work,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stdout[-2000:] + scored.stderr[-2000:]
+    assert len(pd.read_parquet(work / "scored.parquet")) > 0
+    assert model_files(folder) == before

@@ -22,7 +22,7 @@ from conftest import PROJECT_ROOT, free_port, wait_for_http
 from healthpredict.deploy.image import build_image, current_git_sha, image_tag
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
 from healthpredict.modeling import build_pipeline
-from healthpredict.registry import save_pipeline
+from healthpredict.registry import artifact_digest, save_pipeline
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.split import SplitReader
 
@@ -107,7 +107,11 @@ def test_service_image_is_built_and_serves_a_real_model_as_non_root(
         cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
         volumes={str(folder): {"bind": "/model", "mode": "ro"}},
-        environment={"HEALTHPREDICT_MODEL_URI": "/model", "HEALTHPREDICT_MODEL_POLL_SECONDS": "0"},
+        environment={
+            "HEALTHPREDICT_MODEL_URI": "/model",
+            "HEALTHPREDICT_MODEL_SHA256": artifact_digest(folder),
+            "HEALTHPREDICT_MODEL_POLL_SECONDS": "0",
+        },
     )
     try:
         base = f"http://127.0.0.1:{port}"

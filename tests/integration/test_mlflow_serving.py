@@ -21,7 +21,13 @@ from litestar.testing import TestClient
 from healthpredict.deploy.verify import to_request_records
 from healthpredict.features import model_inputs
 from healthpredict.modeling import build_pipeline
-from healthpredict.registry import configure_tracking, log_pipeline, register_challenger, set_champion
+from healthpredict.registry import (
+    configure_tracking,
+    healthpredict_version,
+    log_pipeline,
+    register_challenger,
+    set_champion,
+)
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.split import SplitReader
 from service.app import create_app
@@ -83,5 +89,6 @@ def test_mlflow_models_serve_answers_like_the_service(real_split_home: Path, tmp
         assert native["probability"] == pytest.approx(served["probability"], abs=1e-5)
         assert native["label"] == served["label"] == int(served["probability"] >= 0.42)
     folder = Path(mlflow.artifacts.download_artifacts(info.model_uri))
-    assert "healthpredict" not in (folder / "requirements.txt").read_text()  # its code travels inside the model
-    assert (folder / "code" / "healthpredict" / "model_format.py").is_file()
+    # the model holds no code: its loader is the installed package, pinned in its requirements
+    assert f"healthpredict=={healthpredict_version()}" in (folder / "requirements.txt").read_text().splitlines()
+    assert not (folder / "code").exists()

@@ -29,6 +29,7 @@ from healthpredict.improve.records import BatchDecision
 from healthpredict.monitoring import DRIFT_JOB, IMPROVEMENT_JOB, publish_decision, publish_drift
 from healthpredict.registry import (
     LoadedModel,
+    artifact_digest,
     configure_tracking,
     log_pipeline,
     register_challenger,
@@ -84,8 +85,9 @@ def stack(model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Itera
     ports = {name: free_port() for name in ("service", "pushgateway", "prometheus")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     env.update(
-        HEALTHPREDICT_HOME=str(work / "home"), HEALTHPREDICT_MODEL_URI=model.uri, HEALTHPREDICT_MODEL_POLL_SECONDS="0"
-    )
+        HEALTHPREDICT_HOME=str(work / "home"), HEALTHPREDICT_MODEL_URI=model.uri,
+        HEALTHPREDICT_MODEL_SHA256=artifact_digest(Path(model.uri)), HEALTHPREDICT_MODEL_POLL_SECONDS="0",
+    )  # fmt: skip
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],

@@ -23,7 +23,7 @@ from corpus import MALFORMED
 from healthpredict.deploy.verify import to_request_records
 from healthpredict.features import model_inputs
 from healthpredict.modeling import build_pipeline
-from healthpredict.registry import save_pipeline
+from healthpredict.registry import artifact_digest, save_pipeline
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import ServiceSettings
 from healthpredict.split import SplitReader
@@ -52,6 +52,7 @@ def serve(model_folder: Path, home: Path, **env: str) -> tuple[subprocess.Popen[
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     clean.update(HEALTHPREDICT_HOME=str(home), HEALTHPREDICT_MODEL_URI=str(model_folder), **env)
+    clean.setdefault("HEALTHPREDICT_MODEL_SHA256", artifact_digest(model_folder))
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "serve.log").open("wb")
     process = subprocess.Popen(

@@ -50,3 +50,16 @@ def test_hosted_jobs_cover_every_test_directory() -> None:
         covered |= set(paths.group(1).split())
     directories = {f"tests/{p.parent.name}" for p in (REPO / "tests").glob("*/test_*.py")}
     assert directories == covered
+
+
+def test_ci_runs_the_main_job_and_the_tests_with_bytecode_writing_on() -> None:
+    """Users' Python writes bytecode wherever it imports from; CI machines may turn that off in their environment.
+    .ci/run turns it back on at the top level, before either README command runs, so a load path that writes
+    into a model's folder fails the tests here as it would fail users."""
+    lines = (REPO / ".ci" / "run").read_text().splitlines()
+    unset = [i for i, line in enumerate(lines) if line == "unset PYTHONDONTWRITEBYTECODE"]
+    main_job = [i for i, line in enumerate(lines) if 'bash -euo pipefail -c "$main_job' in line]
+    tests = [i for i, line in enumerate(lines) if 'bash -euo pipefail -c "$tests' in line]
+    assert unset and main_job and tests
+    assert unset[0] < min(main_job + tests)
+    assert not any("PYTHONDONTWRITEBYTECODE=" in line for line in lines if not line.lstrip().startswith("#"))

@@ -219,9 +219,9 @@ def served(fitted: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
     path = tmp_path_factory.mktemp("explain-model") / "model"
     frame, _ = training_frame()
     card = {MARKDOWN_FILE: b"# Model card: test\n", HTML_FILE: b"<!doctype html><h1>Model card: test</h1>"}
-    save_pipeline(fitted["xgboost"], path, frame, {"threshold": 0.4, "family": "xgboost"}, card=card)
+    digest = save_pipeline(fitted["xgboost"], path, frame, {"threshold": 0.4, "family": "xgboost"}, card=card)
     settings = make_settings(
-        tmp_path_factory.mktemp("explain-home"), HEALTHPREDICT_MODEL_URI=str(path),
+        tmp_path_factory.mktemp("explain-home"), HEALTHPREDICT_MODEL_URI=str(path), HEALTHPREDICT_MODEL_SHA256=digest,
         HEALTHPREDICT_MODEL_POLL_SECONDS="0", HEALTHPREDICT_RELOAD_TOKEN=TOKEN, HEALTHPREDICT_MAX_EXPLAIN_RECORDS="50",
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
@@ -293,8 +293,11 @@ def test_model_card_is_served_in_both_formats(served: TestClient[Any]) -> None:
 def test_a_model_without_a_card_answers_404(tmp_path: Path, fitted: dict[str, Any]) -> None:
     path = tmp_path / "model"
     frame, _ = training_frame()
-    save_pipeline(fitted["logreg"], path, frame, {"threshold": 0.5, "family": "logreg"})
-    settings = make_settings(tmp_path / "home", HEALTHPREDICT_MODEL_URI=str(path), HEALTHPREDICT_MODEL_POLL_SECONDS="0")
+    digest = save_pipeline(fitted["logreg"], path, frame, {"threshold": 0.5, "family": "logreg"})
+    settings = make_settings(
+        tmp_path / "home", HEALTHPREDICT_MODEL_URI=str(path), HEALTHPREDICT_MODEL_SHA256=digest,
+        HEALTHPREDICT_MODEL_POLL_SECONDS="0",
+    )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         response = client.get("/v1/model/card")

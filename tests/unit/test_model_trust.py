@@ -119,7 +119,10 @@ def test_a_changed_file_is_refused_before_loading(settings: Settings) -> None:
     version = register(settings, fitted())
     skops_file = artifact_folder(settings, version) / "model.skops"
     skops_file.write_bytes(skops_file.read_bytes() + b"\0")
-    with pytest.raises(RegistryError, match=rf"files differ from those registered \({DIGEST_TAG} mismatch\)"):
+    refusal = (
+        rf"files differ from their record \({DIGEST_TAG} of registered version .*/{version}\): changed file model.skops"
+    )
+    with pytest.raises(RegistryError, match=refusal):
         load_model(f"models:/{settings.tracking.model_name}/{version}")
 
 

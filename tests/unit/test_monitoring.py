@@ -35,7 +35,7 @@ from healthpredict.monitoring import (
     push,
 )
 from healthpredict.performance import estimated_roc_auc
-from healthpredict.registry import LoadedModel
+from healthpredict.registry import LoadedModel, artifact_digest
 from healthpredict.schema import TARGET_COLUMN
 from healthpredict.settings import SettingsError
 from service.app import create_app
@@ -237,7 +237,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient[Any]
     save_model(path)
     settings = make_settings(
         tmp_path_factory.mktemp("monitoring-home"), HEALTHPREDICT_MODEL_URI=str(path),
-        HEALTHPREDICT_MODEL_POLL_SECONDS="0",
+        HEALTHPREDICT_MODEL_SHA256=artifact_digest(path), HEALTHPREDICT_MODEL_POLL_SECONDS="0",
     )  # fmt: skip
     with TestClient(create_app(settings)) as test_client:
         wait_ready(test_client)

@@ -20,7 +20,7 @@ from litestar.testing import TestClient
 
 from healthpredict.features import EXCLUDED_DISCHARGE_IDS, MODEL_INPUT_COLUMNS
 from healthpredict.modeling import build_pipeline
-from healthpredict.registry import save_pipeline
+from healthpredict.registry import artifact_digest, save_pipeline
 from healthpredict.schema import (
     CATEGORY_VOCABULARIES,
     COUNT_RANGES,
@@ -67,6 +67,10 @@ def wait_ready(client: TestClient[Any], timeout: float = 60.0) -> None:
 
 
 def make_client(home: Path, model_uri: str, **env: str) -> TestClient[Any]:
+    """A client of the service on ``model_uri``; a model folder is pinned to the digest of its files as they are now
+    (``HEALTHPREDICT_MODEL_SHA256``), as an operator pins a folder they trust."""
+    if Path(model_uri).is_dir():
+        env.setdefault("HEALTHPREDICT_MODEL_SHA256", artifact_digest(Path(model_uri)))
     settings = make_settings(home, HEALTHPREDICT_MODEL_URI=model_uri, HEALTHPREDICT_MODEL_POLL_SECONDS="0", **env)
     return TestClient(create_app(settings))
 
@@ -325,7 +329,10 @@ def test_failed_reload_keeps_the_old_model(tmp_path: Path) -> None:
         described = test_client.get("/v1/model").json()
         assert described["status"] == "loaded"
         assert str(path) in described["last_reload_error"]
-        assert "BadZipFile" in described["last_reload_error"]
+        assert (
+            "files differ from their record (model.sha256 of HEALTHPREDICT_MODEL_SHA256)"
+            in described["last_reload_error"]
+        )
         assert post(test_client, "/v1/predict", EXAMPLE_RECORD).json() == before
         assert test_client.get("/health/ready").status_code == 200
         assert "healthpredict_model_reload_failures_total 1.0" in test_client.get("/metrics").text

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 from test_service import make_client, post, save_model, wait_ready
 
-from healthpredict.registry import LoadedModel, load_model
+from healthpredict.registry import LoadedModel, artifact_digest, load_model
 from service.examples import EXAMPLE_RECORD, full_record
 from service.limits import RequestLimits
 from service.model_manager import ModelManager, ReloadInProgress
@@ -166,7 +166,7 @@ def test_poller_retries_a_failed_version_with_backoff_and_reports_the_mismatch(
         attempts.append(alias_target[0])
         if alias_target[0] in broken:
             raise RuntimeError(f"version {alias_target[0]} cannot be loaded")
-        loaded = load_model(folder)
+        loaded = load_model(folder, artifact_digest(model[0]))
         return LoadedModel(**{**loaded.__dict__, "version": alias_target[0], "uri": uri})
 
     reports: list[bool] = []
