@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pulumi
 
-from infra_pulumi.compute import Compute, ComputeArgs, ToolPins
+from infra_pulumi.compute import MLFLOW_PORT, PREFECT_PORT, Compute, ComputeArgs, ToolPins
 from infra_pulumi.config import load_config
 from infra_pulumi.iam import Iam, IamArgs
 from infra_pulumi.network import Network, NetworkArgs
@@ -28,11 +28,8 @@ security = Security(
         vpc_id=network.vpc.id,
         allowed_cidrs=cfg.allowed_cidrs,
         ssh_cidrs=cfg.ssh_cidrs,
-        ports=[
-            ServicePort("mlflow", cfg.mlflow_port, cfg.mlflow_port),
-            ServicePort("prefect", cfg.prefect_port, cfg.prefect_port),
-            ServicePort("api", cfg.api_ports[0], cfg.api_ports[1]),
-        ],
+        # MLflow and Prefect speak plain HTTP: never published beyond the host (reached through a tunnel).
+        ports=[ServicePort("api", cfg.api_ports[0], cfg.api_ports[1])],
         tags=tags,
     ),
 )
@@ -99,9 +96,10 @@ pulumi.export("public_ip", compute.instance.public_ip)
 pulumi.export("public_dns", dns)
 pulumi.export("vpc_id", network.vpc.id)
 pulumi.export("security_group_id", security.group.id)
-pulumi.export("mlflow_tracking_uri", pulumi.Output.concat("http://", dns, f":{cfg.mlflow_port}"))
-pulumi.export("prefect_ui_url", pulumi.Output.concat("http://", dns, f":{cfg.prefect_port}"))
-pulumi.export("prefect_api_url", pulumi.Output.concat("http://", dns, f":{cfg.prefect_port}/api"))
+# MLflow and Prefect at the local end of a tunnel to the host (docs/INFRA.md), on the same port numbers.
+pulumi.export("mlflow_tracking_uri", f"http://localhost:{MLFLOW_PORT}")
+pulumi.export("prefect_ui_url", f"http://localhost:{PREFECT_PORT}")
+pulumi.export("prefect_api_url", f"http://localhost:{PREFECT_PORT}/api")
 pulumi.export("api_url", pulumi.Output.concat("http://", dns, f":{cfg.api_ports[0]}"))
 pulumi.export("secrets_path", secrets.path)
 pulumi.export("bootstrap_status_parameter", status_parameter)

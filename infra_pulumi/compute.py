@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra_pulumi.config import check_raw_data_uri
+from infra_pulumi.config import HOST_ONLY_PORTS, check_raw_data_uri, check_region
 from infra_pulumi.secrets import SECRET_NAMES
 from infra_pulumi.tags import named
 
@@ -32,6 +32,12 @@ COMPOSE_FILES_ON_AWS = "docker-compose.yml:docker-compose.aws.yml"
 #: Parameter Store (infra_pulumi/secrets.py).
 BOOTSTRAP_ENV_KEYS: tuple[str, ...] = ("HEALTHPREDICT_BUCKET", "POSTGRES_USER", *SECRET_NAMES)
 CREDENTIALS_DIR = "/run/healthpredict/aws"
+#: The user the containers that mount the credentials file run as (``USER 10001:10001`` of docker/mlflow and
+#: docker/worker, the images of mlflow, init and prefect-worker): the file is theirs alone, mode 0600.
+CREDENTIALS_OWNER = "10001:10001"
+#: MLflow's and Prefect's ports on the host, reached from elsewhere through a tunnel only (the security group never
+#: opens them).
+MLFLOW_PORT, PREFECT_PORT = HOST_ONLY_PORTS["MLflow"], HOST_ONLY_PORTS["Prefect"]
 #: The host folder with the raw data; the .env names it as HEALTHPREDICT_RAW_DATA_DIR, which docker-compose.yml
 #: mounts read-only into the worker at /data/raw. Absolute, so a composeFile in a subfolder still finds it.
 RAW_DATA_DIR = f"{REPO_DIR}/data/raw"
@@ -77,20 +83,28 @@ class ToolPins:
     minikube_sha256: str
 
 
-# Runs on the host (which alone reaches the metadata service, hop limit 1): the instance role's current
-# credentials into a file that only the containers that need them mount (docker-compose.aws.yml).
+# Runs on the host as root (which alone reaches the metadata service, hop limit 1): the instance role's current
+# credentials into a file that only the containers that need them mount (docker-compose.aws.yml), owned by their
+# user and readable by it alone; the folder (on /run, a tmpfs, so made again after a reboot) belongs to root
+# and that user's group. Written under a temporary name and renamed, so a reader never sees a partial file.
 _REFRESH_CREDENTIALS = """import configparser, os, sys, tempfile
 import boto3
 
+target, owner = sys.argv[1], sys.argv[2]
+uid, gid = (int(part) for part in owner.split(":"))
+folder = os.path.dirname(target)
+os.makedirs(folder, mode=0o750, exist_ok=True)
+os.chown(folder, os.getuid(), gid)
+os.chmod(folder, 0o750)
 frozen = boto3.Session().get_credentials().get_frozen_credentials()
 config = configparser.ConfigParser()
 config["default"] = {"aws_access_key_id": frozen.access_key, "aws_secret_access_key": frozen.secret_key,
                      "aws_session_token": frozen.token or ""}
-target = sys.argv[1]
-fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target))
+fd, tmp = tempfile.mkstemp(dir=folder)
 with os.fdopen(fd, "w") as handle:
+    os.fchmod(handle.fileno(), 0o600)
+    os.fchown(handle.fileno(), uid, gid)
     config.write(handle)
-os.chmod(tmp, 0o644)
 os.replace(tmp, target)
 """
 
@@ -198,6 +212,7 @@ def render_bootstrap_script(
     ``raw_data_uri`` outside ``bucket_name`` is refused here, the first place the bucket's name is known.
     """
     check_raw_data_uri(raw_data_uri, bucket_name)
+    check_region(region)
     q = shlex.quote
     compose_files = q(compose_file) if compose_file else COMPOSE_FILES_ON_AWS
     raw_file_name = raw_data_file_name(raw_data_uri)
@@ -254,8 +269,7 @@ kubectl version --client
 minikube version
 
 # The instance role's short-lived credentials for MLflow's artifact proxy and the flows, refreshed every
-# 10 minutes (the metadata service answers the host only: hop limit 1).
-install -d -m 0755 {CREDENTIALS_DIR}
+# 10 minutes (the metadata service answers the host only: hop limit 1); mode 0600, owned by the containers' user.
 cat > /usr/local/lib/healthpredict-refresh-credentials.py <<'PY'
 {_REFRESH_CREDENTIALS}PY
 cat > /etc/systemd/system/healthpredict-credentials.service <<'UNIT'
@@ -263,7 +277,8 @@ cat > /etc/systemd/system/healthpredict-credentials.service <<'UNIT'
 Description=HealthPredict: the instance role's credentials for the stack's containers
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/python3 /usr/local/lib/healthpredict-refresh-credentials.py {CREDENTIALS_DIR}/credentials
+ExecStart=/usr/bin/python3 /usr/local/lib/healthpredict-refresh-credentials.py {CREDENTIALS_DIR}/credentials \\
+  {CREDENTIALS_OWNER}
 UNIT
 cat > /etc/systemd/system/healthpredict-credentials.timer <<'UNIT'
 [Unit]
@@ -309,33 +324,17 @@ python3 {RAW_DATA_FETCHER} "$RAW_DATA_URI" "$RAW_DATA_FILE" || {{
   exit 1
 }}
 
-# The address browsers reach the Prefect UI at, so that the UI calls its API there rather than at localhost:
-# the instance's public DNS name from the metadata service (IMDSv2), or its public IPv4 address without one.
-public_address() {{
-  local token name
-  token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token)"
-  name="$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/public-hostname \\
-    || true)"
-  if [ -n "$name" ]; then
-    echo "$name"
-  else
-    curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/public-ipv4
-  fi
-}}
-public_host="$(public_address)"
-
-# The stack's .env: the AWS compose files, ports on all interfaces (the security group decides who reaches
-# them), the Prefect UI's API address and the host names MLflow answers (its public one too), the Pulumi
+# The stack's .env: the AWS compose files; ports on all of the host's interfaces, so that the Minikube cluster
+# on this host reaches MLflow through its bridge (the security group opens only the API beyond the host: MLflow
+# and Prefect are reached through a tunnel, so the Prefect UI calls its API at the tunnel's local end); the Pulumi
 # bucket, the raw data's folder and file name, and every secret from SSM Parameter Store. Readable by root only.
 umask 077
 {{
   echo "COMPOSE_FILE={compose_files}"
   echo "BIND_ADDRESS=0.0.0.0"
-  echo "PREFECT_UI_API_URL=http://$public_host:4200/api"
-  echo "MLFLOW_ALLOWED_HOSTS=localhost,localhost:5000,127.0.0.1,127.0.0.1:5000,mlflow,mlflow:5000,\
-$public_host,$public_host:5000"
-  echo "AWS_REGION={region}"
-  echo "HEALTHPREDICT_BUCKET={bucket_name}"
+  echo "PREFECT_UI_API_URL=http://localhost:{PREFECT_PORT}/api"
+  printf 'AWS_REGION=%s\\n' {q(region)}
+  printf 'HEALTHPREDICT_BUCKET=%s\\n' {q(bucket_name)}
   echo "POSTGRES_USER=healthpredict"
   echo "HEALTHPREDICT_RAW_DATA_DIR={RAW_DATA_DIR}"
   echo "HEALTHPREDICT_RAW_FILE={raw_file_name}"

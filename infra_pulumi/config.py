@@ -23,10 +23,22 @@ KNOWN_KEYS = frozenset(
     {
         "owner", "allowedCidrs", "sshCidrs", "allowUnsafeIngress", "azCount", "vpcCidr", "instanceType",
         "rootVolumeGb", "kmsKeyArn", "forceDestroy", "ecrKeepLast", "noncurrentVersionDays", "repoUrl",
-        "repoRef", "composeFile", "mlflowPort", "prefectPort", "apiPorts", "minIngressPrefix", "minIngressPrefixV6",
-        "kubectlVersion", "kubectlSha256", "minikubeVersion", "minikubeSha256", "rawDataUri",
+        "repoRef", "composeFile", "apiPorts", "minIngressPrefix", "minIngressPrefixV6", "kubectlVersion",
+        "kubectlSha256", "minikubeVersion", "minikubeSha256", "rawDataUri",
     }
 )  # fmt: skip
+#: Keys that name no setting of this program, refused with the reason rather than with "unknown key".
+RETIRED_KEYS = {
+    key: "MLflow and Prefect speak plain HTTP and are never published beyond the host; reach them through an SSM "
+    "or SSH tunnel to its ports 5000 and 4200 (docs/INFRA.md: Reaching MLflow and Prefect)"
+    for key in ("mlflowPort", "prefectPort")
+}
+#: Ports the security group never opens to allowedCidrs, so no apiPorts range may include them: MLflow's and
+#: Prefect's (plain HTTP, reached through a tunnel) and SSH's (its own rule, sshCidrs).
+HOST_ONLY_PORTS = {"MLflow": 5000, "Prefect": 4200, "SSH": 22}
+#: SSH's own widest ranges, whatever minIngressPrefix allows for the API: minIngressPrefix may tighten SSH, never
+#: relax it.
+SSH_MIN_PREFIX, SSH_MIN_PREFIX_V6 = 24, 48
 
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # Instance families whose suffix letters contain "g" (t4g, m7g, c7gn, ...) are Graviton/arm64;
@@ -49,6 +61,17 @@ _RAW_DATA_URI_RE = re.compile(
     r"^(https://[A-Za-z0-9.-]+(:\d+)?|s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]))/[A-Za-z0-9._~+%/-]+\.(zip|csv)$"
 )
 _KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+$")
+# AWS region names: eu-west-1, us-gov-west-1, ap-southeast-4, us-isob-east-1, ...
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+
+
+def check_region(region: str) -> str:
+    """``aws:region`` goes into the host's root bootstrap script and its .env: only a region name passes."""
+    if not region:
+        raise ValueError("aws:region is required; set it with `pulumi config set aws:region <region>`")
+    if not _REGION_RE.fullmatch(region):
+        raise ValueError(f"aws:region: {region!r} is not an AWS region name such as eu-west-1")
+    return region
 
 
 def _parse_cidrs(key: str, values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -102,10 +125,8 @@ class InfraConfig:
     noncurrent_version_days: int = 30
     repo_ref: str = "main"
     compose_file: str | None = None
-    mlflow_port: int = 5000
-    prefect_port: int = 4200
     api_ports: tuple[int, int] = (8000, 8000)
-    # The widest ingress ranges accepted: an allowed or SSH CIDR with a shorter prefix is refused.
+    # The widest ingress ranges accepted in allowedCidrs; SSH never accepts wider than SSH_MIN_PREFIX(_V6).
     min_ingress_prefix: int = 24
     min_ingress_prefix_v6: int = 48
     kubectl_version: str = KUBECTL_VERSION
@@ -121,8 +142,7 @@ class InfraConfig:
                 f"{NAMESPACE}:owner is required (a person or team, used in the 'owner' tag); "
                 f"got {self.owner!r}. Set it with `pulumi config set {NAMESPACE}:owner <name>`."
             )
-        if not self.region:
-            raise ValueError("aws:region is required; set it with `pulumi config set aws:region <region>`")
+        check_region(self.region)
         self._validate_ingress()
         self._validate_network()
         self._validate_compute()
@@ -130,10 +150,15 @@ class InfraConfig:
         self._validate_repo()
         self._validate_tools()
         raw_data_bucket(self.raw_data_uri)
-        for key, port in (("mlflowPort", self.mlflow_port), ("prefectPort", self.prefect_port)):
-            _check_port(key, port)
-        for key, port in (("apiPorts", self.api_ports[0]), ("apiPorts", self.api_ports[1])):
-            _check_port(key, port)
+        low, high = self.api_ports
+        for port in (low, high):
+            _check_port("apiPorts", port)
+        for name, port in HOST_ONLY_PORTS.items():
+            if low <= port <= high:
+                raise ValueError(
+                    f"{NAMESPACE}:apiPorts: {low}-{high} includes {port} ({name}), which the security group never "
+                    "opens; list the API's port or NodePort range only"
+                )
 
     def _validate_ingress(self) -> None:
         if not self.allowed_cidrs:
@@ -147,17 +172,18 @@ class InfraConfig:
                 f"{self.min_ingress_prefix} and {self.min_ingress_prefix_v6}"
             )
         for net in _parse_cidrs("sshCidrs", self.ssh_cidrs):
-            if self._too_wide(net):
+            limit = self.ssh_limit(net)
+            if net.prefixlen < limit:
                 raise ValueError(
-                    f"{NAMESPACE}:sshCidrs contains {net}, wider than /{self._limit(net)} (minIngressPrefix): SSH is "
-                    "never opened to a whole range, even with allowUnsafeIngress=true. List specific CIDRs or use "
-                    "SSM Session Manager."
+                    f"{NAMESPACE}:sshCidrs contains {net}, wider than /{limit}: SSH is never opened to a whole "
+                    "range, whatever minIngressPrefix and allowUnsafeIngress say. List specific CIDRs or use SSM "
+                    "Session Manager."
                 )
         for net in _parse_cidrs("allowedCidrs", self.allowed_cidrs):
             if self._too_wide(net) and not self.allow_unsafe_ingress:
                 raise ValueError(
                     f"{NAMESPACE}:allowedCidrs contains {net}, wider than /{self._limit(net)} (minIngressPrefix): it "
-                    f"would open MLflow, Prefect and the API to that whole range; list narrower CIDRs, or set "
+                    f"would open the API to that whole range; list narrower CIDRs, or set "
                     f"{NAMESPACE}:allowUnsafeIngress=true to accept it explicitly."
                 )
 
@@ -167,6 +193,11 @@ class InfraConfig:
     def _too_wide(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
         """Wider than the limit (0.0.0.0/1 and 128.0.0.0/1 included), or public space reached through ::/0."""
         return net.prefixlen < self._limit(net)
+
+    def ssh_limit(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+        """SSH's widest accepted prefix: its own limit, or minIngressPrefix(V6) where that is stricter."""
+        own = SSH_MIN_PREFIX if net.version == 4 else SSH_MIN_PREFIX_V6
+        return max(own, self._limit(net))
 
     def _validate_network(self) -> None:
         try:
@@ -286,6 +317,8 @@ def check_known_keys(keys: set[str] | frozenset[str]) -> None:
     """Refuse unknown ``healthpredict:`` keys: a typo such as ``allowUnsafeIngres`` must not be ignored."""
     for full_key in sorted(keys):
         namespace, _, key = full_key.partition(":")
+        if namespace == NAMESPACE and key in RETIRED_KEYS:
+            raise ValueError(f"{full_key} is not a setting: {RETIRED_KEYS[key]}; remove it from the stack config")
         if namespace == NAMESPACE and key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
             hint = f" (did you mean {NAMESPACE}:{close[0]}?)" if close else ""
@@ -328,8 +361,6 @@ def load_config() -> InfraConfig:
         repo_url=(cfg.get("repoUrl") or "").strip(),
         repo_ref=(cfg.get("repoRef") or "main").strip(),
         compose_file=(cfg.get("composeFile") or "").strip() or None,
-        mlflow_port=opt_int("mlflowPort", 5000),
-        prefect_port=opt_int("prefectPort", 4200),
         api_ports=parse_port_range("apiPorts", cfg.get("apiPorts") or "8000"),
         min_ingress_prefix=opt_int("minIngressPrefix", 24),
         min_ingress_prefix_v6=opt_int("minIngressPrefixV6", 48),

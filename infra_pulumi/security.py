@@ -2,7 +2,8 @@
 
 Uses the standalone ``aws.vpc.SecurityGroupIngressRule`` resources (the provider's current
 recommendation over inline rules) so each rule is tagged and individually replaceable. The CIDR
-safety checks live in :mod:`infra_pulumi.config`; this module re-checks SSH as a last line.
+safety checks live in :mod:`infra_pulumi.config`; this module re-checks, as a last line, that SSH stays within
+its own limit and that no service port publishes MLflow or Prefect (plain HTTP, reached through a tunnel).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra_pulumi.config import HOST_ONLY_PORTS, SSH_MIN_PREFIX, SSH_MIN_PREFIX_V6
 from infra_pulumi.tags import named
 
 
@@ -47,14 +49,19 @@ class Security(pulumi.ComponentResource):
         self.group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             vpc_id=args.vpc_id,
-            description="HealthPredict host: MLflow, Prefect and API from allowed CIDRs only",
+            description="HealthPredict host: the API from allowed CIDRs only",
             tags=named(args.tags, f"{name}-sg"),
             opts=child,
         )
 
+        for port in args.ports:
+            published = [name for name, number in HOST_ONLY_PORTS.items() if port.from_port <= number <= port.to_port]
+            if published:
+                raise ValueError(f"healthpredict:apiPorts: the {port.name} rule would publish {published[0]}")
         rules: list[tuple[ServicePort, str]] = [(p, c) for p in args.ports for c in args.allowed_cidrs]
         for cidr in args.ssh_cidrs:
-            if ipaddress.ip_network(cidr).prefixlen == 0:
+            net = ipaddress.ip_network(cidr)
+            if net.prefixlen < (SSH_MIN_PREFIX if net.version == 4 else SSH_MIN_PREFIX_V6):
                 raise ValueError(f"healthpredict:sshCidrs: SSH from {cidr} is never allowed")
             rules.append((ServicePort("ssh", 22, 22), cidr))
 

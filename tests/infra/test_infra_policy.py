@@ -32,15 +32,15 @@ POLICY_DIR = Path(__file__).resolve().parents[2] / "infra_pulumi" / "policy"
         ),
         (
             "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-            {"tags": TAGS, "ipProtocol": "-1", "cidrIpv6": "::/0"},
-            "healthpredict-no-world-ssh",
-            "SSH",
+            {"tags": TAGS, "fromPort": 5000, "toPort": 5000, "ipProtocol": "tcp", "cidrIpv4": "198.51.100.7/32"},
+            "healthpredict-no-published-control-plane",
+            "MLflow (port 5000)",
         ),
         (
             "aws:ec2/securityGroup:SecurityGroup",
-            {"tags": TAGS, "ingress": [{"fromPort": 0, "toPort": 65535, "cidrBlocks": ["0.0.0.0/0"]}]},
-            "healthpredict-no-world-ssh",
-            "SSH",
+            {"tags": TAGS, "ingress": [{"fromPort": 4000, "toPort": 4300, "cidrBlocks": ["198.51.100.0/28"]}]},
+            "healthpredict-no-published-control-plane",
+            "Prefect (port 4200)",
         ),
         (
             "aws:s3/bucketVersioning:BucketVersioning",
@@ -80,6 +80,21 @@ def test_rules_flag_violations(resource_type: str, props: dict[str, Any], policy
     found = violations(resource_type, props)
     assert list(found) == [policy]
     assert message in " ".join(found[policy])
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "props"),
+    [
+        ("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+         {"tags": TAGS, "ipProtocol": "-1", "cidrIpv6": "::/0"}),
+        ("aws:ec2/securityGroup:SecurityGroup",
+         {"tags": TAGS, "ingress": [{"fromPort": 0, "toPort": 65535, "cidrBlocks": ["0.0.0.0/0"]}]}),
+    ],
+)  # fmt: skip
+def test_all_ports_from_the_world_break_both_ingress_rules(resource_type: str, props: dict[str, Any]) -> None:
+    found = violations(resource_type, props)
+    assert set(found) == {"healthpredict-no-world-ssh", "healthpredict-no-published-control-plane"}
+    assert "SSH" in " ".join(found["healthpredict-no-world-ssh"])
 
 
 def test_rules_accept_safe_props() -> None:

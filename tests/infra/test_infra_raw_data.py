@@ -109,9 +109,15 @@ def parse_bootstrap(script: str) -> RenderedBootstrap:
     assert script.index(fetch) < compose_up, "the raw data must be in place before the stack starts"
     (cd,) = [ln for ln in script[:compose_up].splitlines() if ln.startswith("cd ")][-1:]
     env_block = script[script.index("umask 077") : script.index("umask 022")]
-    env = dict(
-        shlex.split(ln.strip())[1].split("=", 1) for ln in env_block.splitlines() if ln.strip().startswith("echo ")
-    )
+    env: dict[str, str] = {}
+    for line in env_block.splitlines():
+        words = shlex.split(line.strip()) if line.strip().startswith(("echo ", "printf ")) else []
+        if words[:1] == ["echo"]:  # echo "NAME=value"
+            name, _, value = words[1].partition("=")
+            env[name] = value
+        elif words[:1] == ["printf"]:  # printf 'NAME=%s\n' value
+            assert re.fullmatch(r"[A-Z_]+=%s\\n", words[1]) and len(words) == 3, line
+            env[words[1].split("=")[0]] = words[2]
     return RenderedBootstrap(expand(source), expand(target), env, shlex.split(cd)[1], script)
 
 
@@ -194,8 +200,8 @@ def test_docker_compose_resolves_the_worker_to_the_fetched_file(tmp_path: Path) 
     with the secrets the SSM step adds."""
     rendered = parse_bootstrap(bootstrap_script(render(bucket_name=BUCKET, raw_data_uri=S3_URI)))
     env_file = tmp_path / ".env"
-    public_host = "ec2-198-51-100-7.eu-west-1.compute.amazonaws.com"  # what bash puts for $public_host
-    env = {k: v.replace("$public_host", public_host) for k, v in rendered.env.items()}
+    env = dict(rendered.env)
+    assert not [value for value in env.values() if "$" in value], env  # nothing left for bash to expand
     env.update({name: f"{name.lower()}-value" for name in SECRET_NAMES})
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     exe = require_executable("docker-compose", "apt-get install docker-compose")
@@ -219,10 +225,13 @@ def test_docker_compose_resolves_the_worker_to_the_fetched_file(tmp_path: Path) 
             volumes[target] = (source, mode[0] if mode else "rw")
     host_path, mode = host_path_of(environment["HEALTHPREDICT_RAW_DATA"], volumes, str(REPO_ROOT))
     assert (host_path, mode) == (rendered.target, "ro")
-    assert environment_of(services["prefect-server"])["PREFECT_UI_API_URL"] == f"http://{public_host}:4200/api"
-    # MLflow refuses Host headers it does not list (DNS-rebinding protection): the public name is listed
+    assert environment["AWS_REGION"] == "eu-west-1"
+    # MLflow and Prefect are reached through a tunnel: the Prefect UI (in the browser) calls its API at localhost,
+    # and MLflow, which refuses Host headers it does not list (DNS-rebinding protection), answers the tunnel's
+    # localhost:5000, the stack's mlflow:5000 and the Minikube pods' host.minikube.internal:5000.
+    assert environment_of(services["prefect-server"])["PREFECT_UI_API_URL"] == "http://localhost:4200/api"
     allowed = environment_of(services["mlflow"])["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
-    assert {f"{public_host}:5000", "mlflow:5000"} <= set(allowed)
+    assert {"localhost:5000", "mlflow:5000", "host.minikube.internal:5000"} <= set(allowed)
 
 
 def test_raw_data_failure_is_reported_and_the_step_runs_after_the_checkout() -> None:

@@ -395,7 +395,9 @@ def test_eks_network_policies_deny_by_default(rendered: dict) -> None:
     assert "ingress" not in deny and "egress" not in deny
     allow = _one(docs, "NetworkPolicy", DEPLOYMENT)["spec"]
     assert allow["podSelector"]["matchLabels"] == _deployment(docs)["spec"]["selector"]["matchLabels"]
-    assert [p["port"] for rule in allow["ingress"] for p in rule["ports"]] == ["http"]
+    # Only the HTTP port, and only from named sources (test_k8s_network_policy.py evaluates who they are).
+    assert {p["port"] for rule in allow["ingress"] for p in rule["ports"]} == {"http"}
+    assert all(rule.get("from") for rule in allow["ingress"])
     egress_ports = sorted((p["port"], p["protocol"]) for rule in allow["egress"] for p in rule["ports"])
     assert egress_ports == [(53, "TCP"), (53, "UDP"), (5000, "TCP")]  # DNS and MLflow, nothing else
 
