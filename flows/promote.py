@@ -17,14 +17,28 @@ from healthpredict.settings import Settings
 
 def retry_unless_deployment_failed(task: Any, task_run: Any, state: State[Any]) -> bool:
     """Retry a transient failure (the registry or store unreachable), never a deployment that failed: it was
-    undone, and running it again would roll out the same version again."""
+    undone, and running it again would roll out the same version again. A :class:`DeploymentError` anywhere in
+    the failure's chain (``__cause__``/``__context__``: an error raised while handling it) counts; so does the
+    champion lock given up on (:class:`~healthpredict.deploy.ChampionLockError`), whose wait a retry would repeat.
+    """
     try:
         state.result()
-    except DeploymentError:
-        return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return not any(isinstance(error, DeploymentError) for error in exception_chain(exc))
     return True
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or while handling (both links followed), each once."""
+    chain: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        pending += [linked for linked in (current.__cause__, current.__context__) if linked is not None]
+    return chain
 
 
 @task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=1800, retry_condition_fn=retry_unless_deployment_failed)

@@ -1,5 +1,6 @@
 """Promotion: gate the challenger, then either deploy it (which moves ``champion`` once verified live) or,
-with ``--no-deploy``, move ``champion`` directly."""
+with ``--no-deploy``, move ``champion`` directly; all of it under the champion lock
+(:mod:`healthpredict.deploy.lock`), so no other run moves ``champion`` between the gate and the move."""
 
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ def promote(settings: Settings, deploy: bool, holdout: pd.DataFrame | None = Non
     configure_tracking(settings)
     if holdout is None:
         holdout = SplitReader(settings).read("test")
-    decision = gate_challenger(settings, holdout)
-    if not decision.passed:
-        return PromotionOutcome(decision, False, "Champion unchanged.")
-    if deploy:
-        from healthpredict.deploy import deploy_version
+    from healthpredict.deploy import champion_lock, deploy_version
 
-        report = deploy_version(settings, decision.challenger_version)
-        return PromotionOutcome(decision, True, report.summary())
-    set_champion(settings, decision.challenger_version)
+    with champion_lock(settings):  # the champion gated against is the one replaced
+        decision = gate_challenger(settings, holdout)
+        if not decision.passed:
+            return PromotionOutcome(decision, False, "Champion unchanged.")
+        if deploy:
+            report = deploy_version(settings, decision.challenger_version)
+            return PromotionOutcome(decision, True, report.summary())
+        set_champion(settings, decision.challenger_version)
     return PromotionOutcome(decision, True, f"Alias `champion` now points to version {decision.challenger_version}.")

@@ -492,6 +492,12 @@ class DeploySettings:
         "a running service that `deploy` switches after verification",
         parse=_http_url,
     )
+    champion_lock_timeout_s: float = var(
+        "HEALTHPREDICT_CHAMPION_LOCK_TIMEOUT_S",
+        900.0,
+        "how long a promotion or deployment waits for another one to finish moving `champion` (0: not at all)",
+        low=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

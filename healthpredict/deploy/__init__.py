@@ -10,25 +10,30 @@ wait, verify through the Service, :mod:`healthpredict.deploy.kubernetes`). Every
    Kubernetes target records the template as the last verified one).
 
 A failure at any step undoes every earlier one, in reverse: ``champion`` goes back where it was, then the
-target's ``roll_back`` returns it to the previous champion. The error raised is the original one; an undo
-that fails is added to it, with what to do by hand. Only one deployment runs at a time per home.
+target's ``roll_back`` returns it to the previous champion. The error raised is a :class:`DeploymentError`
+built on the original one; an undo that fails is added to it, with what to do by hand, and so is a failure to
+record the outcome on the version. Only one section that moves ``champion`` runs at a time, across every
+deployment, work pool and CLI run (:mod:`healthpredict.deploy.lock`).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from healthpredict.deploy.kubernetes import KubernetesTarget
 from healthpredict.deploy.local import LocalTarget
+from healthpredict.deploy.lock import ChampionLockError, champion_lock
 from healthpredict.deploy.verify import DeploymentError, DeploymentReport
 from healthpredict.registry import CHAMPION, restore_alias, set_champion, tag_version, version_by_alias
 from healthpredict.settings import Settings
 
-__all__ = ["TARGETS", "DeploymentError", "DeploymentReport", "Target", "deploy_version"]
+__all__ = [
+    "TARGETS", "ChampionLockError", "DeploymentError", "DeploymentReport", "Target", "champion_lock", "deploy_version",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 class Target(Protocol):
@@ -46,40 +51,17 @@ class Target(Protocol):
 TARGETS: dict[str, Callable[[Settings], Target]] = {"local": LocalTarget, "kubernetes": KubernetesTarget}
 
 
-@contextmanager
-def deployment_lock(settings: Settings) -> Iterator[None]:
-    """One deployment at a time for this home; a second one fails at once instead of racing the first.
-
-    Prefect deployments of the promote and deploy flows carry a concurrency limit of 1 for workers that do not
-    share a home.
-    """
-    path = settings.home / "deploy.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise DeploymentError(f"another deployment is in progress ({holder}, lock {path})") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def deploy_version(settings: Settings, version: str, target: Target | None = None) -> DeploymentReport:
-    """Deploy one registered version; ``champion`` points at it only once it runs verified, or never."""
+    """Deploy one registered version; ``champion`` points at it only once it runs verified, or never.
+
+    Runs under the champion lock (:mod:`healthpredict.deploy.lock`): no other gate or deployment moves
+    ``champion`` meanwhile. A failed deployment always raises :class:`DeploymentError`, whatever else fails while
+    it is undone and recorded; those failures are logged and added to the error as notes.
+    """
     target = target or TARGETS[settings.deploy.target](settings)
     version = str(version)
     report = DeploymentReport(target=target.name, version=version)
-    with deployment_lock(settings):
+    with champion_lock(settings):
         champion = version_by_alias(settings, CHAMPION)
         previous = None if champion is None else str(champion.version)
         rolled_out = alias_moved = False
@@ -93,19 +75,37 @@ def deploy_version(settings: Settings, version: str, target: Target | None = Non
         except BaseException as exc:
             reason = str(exc) if isinstance(exc, DeploymentError) else f"{type(exc).__name__}: {exc}"
             undo_failures = _undo(settings, target, report, previous, alias_moved, rolled_out)
-            tag_version(settings, version, {"deployment": "failed", "deployment.reason": reason[:500]})
+            notes = _record(settings, report, version, {"deployment": "failed", "deployment.reason": reason[:500]})
             if not isinstance(exc, Exception):
                 raise
             where = previous or "none"
             if undo_failures:
-                raise DeploymentError(
+                error = DeploymentError(
                     f"deployment of version {version} failed: {reason}; undo incomplete: {'; '.join(undo_failures)}"
-                ) from exc
-            raise DeploymentError(
-                f"deployment of version {version} failed, champion unchanged (version {where}): {reason}"
-            ) from exc
-    tag_version(settings, version, {"deployment": "succeeded", "deployment.target": target.name})
+                )
+            else:
+                error = DeploymentError(
+                    f"deployment of version {version} failed, champion unchanged (version {where}): {reason}"
+                )
+            for note in notes:
+                error.add_note(note)
+            raise error from exc
+        _record(settings, report, version, {"deployment": "succeeded", "deployment.target": target.name})
     return report
+
+
+def _record(settings: Settings, report: DeploymentReport, version: str, tags: dict[str, str]) -> list[str]:
+    """Tag the version with the outcome; a failure to tag is logged and returned, never raised (the outcome
+    stands: a deployment that failed must not look like a transient error, one that succeeded must not be
+    undone or run again)."""
+    try:
+        tag_version(settings, version, tags)
+    except Exception as exc:
+        failure = f"recording {tags} on version {version} failed ({type(exc).__name__}: {exc})"
+        log.error("deploy %s v%s: %s", report.target, version, failure)
+        report.step(f"record FAILED: {failure}")
+        return [failure]
+    return []
 
 
 def _undo(
@@ -133,5 +133,6 @@ def _undo(
         except Exception as exc:
             failures.append(f"rolling the {target.name} target back failed ({type(exc).__name__}: {exc})")
     for failure in failures:
+        log.error("deploy %s v%s: undo failed: %s", target.name, report.version, failure)
         report.step(f"undo FAILED: {failure}")
     return failures

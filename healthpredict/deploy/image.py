@@ -116,14 +116,26 @@ _MANIFEST_TYPES = [
 ]
 
 
+@dataclass(frozen=True)
+class DeployedTag:
+    """The ``deployed-<tag>`` tag of an ECR image, and whether this deployment put it there (only then may its
+    undo take it away: a tag an earlier deployment put marks an image that ran, a roll-back target)."""
+
+    reference: str
+    registry: EcrRegistry
+    repository: str
+    tag: str
+    created: bool
+
+
 def protect_deployed_image(
     reference: str,
     settings: Settings,
     report: DeploymentReport,
     *,
     ecr_client: Callable[[str, Settings], Any] = _ecr_client,
-) -> str | None:
-    """Tag an ECR image ``deployed-<tag>`` (same manifest) before it is rolled out; returns the new reference.
+) -> DeployedTag | None:
+    """Tag an ECR image ``deployed-<tag>`` (same manifest) before it is rolled out.
 
     Images elsewhere are left to their registry's retention (``None``). A failure raises before anything changed.
     """
@@ -138,6 +150,7 @@ def protect_deployed_image(
     from botocore.exceptions import BotoCoreError, ClientError
 
     where = {"registryId": ecr.account, "repositoryName": ecr.repository}
+    created = True
     try:
         client = ecr_client(ecr.region, settings)
         found = client.batch_get_image(**where, imageIds=[{"imageTag": tag}], acceptedMediaTypes=_MANIFEST_TYPES)
@@ -149,13 +162,49 @@ def protect_deployed_image(
         media = {"imageManifestMediaType": media_type} if media_type else {}
         client.put_image(**where, imageManifest=image["imageManifest"], imageTag=protected, **media)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ImageAlreadyExistsException":  # tagged by an earlier deploy
+        if exc.response.get("Error", {}).get("Code") != "ImageAlreadyExistsException":
             raise DeploymentError(f"cannot tag image {reference} as {protected}: {exc}") from exc
+        created = False  # tagged by an earlier deployment
     except BotoCoreError as exc:
         raise DeploymentError(f"cannot tag image {reference} as {protected}: {exc}") from exc
     result = image_reference(repository, protected)
-    report.step(f"image {reference} also tagged {protected}: the registry's lifecycle policy keeps it")
-    return result
+    already = "" if created else " (already, by an earlier deployment)"
+    report.step(f"image {reference} also tagged {protected}{already}: the registry's lifecycle policy keeps it")
+    return DeployedTag(result, ecr, ecr.repository, protected, created)
+
+
+def remove_deployed_tag(
+    deployed: DeployedTag,
+    settings: Settings,
+    report: DeploymentReport,
+    *,
+    ecr_client: Callable[[str, Settings], Any] = _ecr_client,
+) -> None:
+    """Undo :func:`protect_deployed_image` for an image that never became (or no longer is) the deployed one: the
+    ``deployed-`` tag this deployment put goes (the image and its other tags stay), so the lifecycle policy
+    treats the image like any other build. A tag an earlier deployment put is kept."""
+    if not deployed.created:
+        report.step(f"undo: tag {deployed.tag} kept (an earlier deployment put it)")
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    by_hand = (
+        f"remove it by hand: `aws ecr batch-delete-image --registry-id {deployed.registry.account} --region "
+        f"{deployed.registry.region} --repository-name {deployed.repository} --image-ids imageTag={deployed.tag}`"
+    )
+    try:
+        answer = ecr_client(deployed.registry.region, settings).batch_delete_image(
+            registryId=deployed.registry.account,
+            repositoryName=deployed.repository,
+            imageIds=[{"imageTag": deployed.tag}],
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise DeploymentError(f"removing tag {deployed.reference} failed ({exc}); {by_hand}") from exc
+    failures = [f for f in answer.get("failures", []) if f.get("failureCode") != "ImageNotFound"]
+    if failures:
+        reasons = "; ".join(f"{f.get('failureCode')}: {f.get('failureReason')}" for f in failures)
+        raise DeploymentError(f"removing tag {deployed.reference} failed ({reasons}); {by_hand}")
+    report.step(f"undo: tag {deployed.tag} removed (the image itself and its other tags stay)")
 
 
 class DockerImages(Protocol):

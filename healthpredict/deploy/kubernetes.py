@@ -11,9 +11,10 @@
    equal the offline model's;
 6. once ``champion`` has moved, record the new pair as the last verified one (a metadata patch, no rollout).
 
-A failure in 3-5, or a later step of the deployment, patches the last verified image and model URI back (the
-live ones on a Deployment never deployed by this code), waits for that rollout and raises
-:class:`DeploymentError`. The Kubernetes API is reached only through :class:`KubernetesApi`; tests pass any
+A failure in 2-5, or a later step of the deployment, patches the last verified image and model URI back (the
+live ones on a Deployment never deployed by this code), waits for that rollout, takes away the ECR
+``deployed-<tag>`` tag this deployment put on its image (:func:`~healthpredict.deploy.image.remove_deployed_tag`)
+and raises :class:`DeploymentError`. The Kubernetes API is reached only through :class:`KubernetesApi`; tests pass any
 object with the same two methods.
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from healthpredict.deploy.image import build_and_push, protect_deployed_image
+from healthpredict.deploy.image import DeployedTag, build_and_push, protect_deployed_image, remove_deployed_tag
 from healthpredict.deploy.verify import (
     DeploymentError,
     DeploymentReport,
@@ -288,6 +289,7 @@ class KubernetesTarget:
         self.label = f"{self.kube.namespace}/{self.kube.deployment}"
         self.fallback: TemplateState | None = None  # what a roll-back returns to
         self.rolled: TemplateState | None = None  # what this deployment rolled out
+        self.deployed_tag: DeployedTag | None = None  # the ECR `deployed-` tag put for this image
 
     @property
     def api(self) -> DeploymentApi:
@@ -315,18 +317,20 @@ class KubernetesTarget:
         verify = self._verify or live_verifier(settings, version, kube.verify_samples, self.sleep)
         template_state(self._read(), kube.container)  # an unreachable cluster or a wrong Deployment fails first
         image = self.image or build_and_push(settings, settings.image, version, report)
-        protect_deployed_image(image, settings, report)
-        current = self._read()
-        live = template_state(current, kube.container)
-        self.fallback = verified_state(current) or live
-        report.step(f"Deployment {self.label} at revision {live.revision}: image {live.image}, model {live.model_uri}")
-        if (live.image, live.model_uri) != (self.fallback.image, self.fallback.model_uri):
-            report.step(
-                f"the live template is not the last verified one (image {self.fallback.image}, model "
-                f"{self.fallback.model_uri}); a failure returns to the verified one"
-            )
+        self.deployed_tag = protect_deployed_image(image, settings, report)
         self.rolled = TemplateState(image, model_uri, None)
         try:
+            current = self._read()
+            live = template_state(current, kube.container)
+            self.fallback = verified_state(current) or live
+            report.step(
+                f"Deployment {self.label} at revision {live.revision}: image {live.image}, model {live.model_uri}"
+            )
+            if (live.image, live.model_uri) != (self.fallback.image, self.fallback.model_uri):
+                report.step(
+                    f"the live template is not the last verified one (image {self.fallback.image}, model "
+                    f"{self.fallback.model_uri}); a failure returns to the verified one"
+                )
             self._patch("patching", template_patch(kube.container, image, model_uri))
             report.step(f"Deployment {self.label} patched: image {image}, {MODEL_URI_ENV}={model_uri}")
             status = wait_for_rollout(self.api, kube, clock=self.clock, sleep=self.sleep)
@@ -341,9 +345,12 @@ class KubernetesTarget:
                 raise DeploymentError(f"{reason}; {undo_exc}") from exc
             if not isinstance(exc, Exception):
                 raise
-            raise DeploymentError(
-                f"{reason}; rolled back to image {self.fallback.image} ({self.fallback.model_uri})"
-            ) from exc
+            back = (
+                ""
+                if self.fallback is None
+                else f"; rolled back to image {self.fallback.image} ({self.fallback.model_uri})"
+            )
+            raise DeploymentError(f"{reason}{back}") from exc
 
     def activate(self, version: str, report: DeploymentReport) -> None:
         """Record the rolled-out template as the last verified one (the alias now points at it)."""
@@ -352,18 +359,28 @@ class KubernetesTarget:
         report.step(f"Deployment {self.label} annotated: image {self.rolled.image} is the last verified template")
 
     def roll_back(self, previous: str | None, report: DeploymentReport) -> None:
-        """Patch the last verified image and model URI back and wait until that template runs again."""
-        if self.fallback is None:
-            return
+        """Patch the last verified image and model URI back and wait until that template runs again; then take
+        away the ``deployed-`` tag this deployment put on its image (kept while the image may still run)."""
         kube, fallback = self.kube, self.fallback
-        try:
-            self._patch("rolling back", template_patch(kube.container, fallback.image, fallback.model_uri))
-            wait_for_rollout(self.api, kube, clock=self.clock, sleep=self.sleep)
-        except Exception as exc:
-            report.step(f"rollback of {self.label} FAILED: {exc}")
-            raise DeploymentError(
-                f"rollback to image {fallback.image} also failed ({exc}): set the container image to "
-                f"{fallback.image} and {MODEL_URI_ENV} to {fallback.model_uri} with `kubectl -n {kube.namespace} "
-                f"edit deployment/{kube.deployment}`"
-            ) from exc
-        report.step(f"rolled back: Deployment {self.label} runs image {fallback.image}, {fallback.model_uri} again")
+        if fallback is not None:
+            try:
+                self._patch("rolling back", template_patch(kube.container, fallback.image, fallback.model_uri))
+                wait_for_rollout(self.api, kube, clock=self.clock, sleep=self.sleep)
+            except Exception as exc:
+                report.step(f"rollback of {self.label} FAILED: {exc}")
+                kept = ""
+                if self.deployed_tag is not None and self.deployed_tag.created:
+                    kept = f"; tag {self.deployed_tag.tag} kept while its image may still run"
+                raise DeploymentError(
+                    f"rollback to image {fallback.image} also failed ({exc}): set the container image to "
+                    f"{fallback.image} and {MODEL_URI_ENV} to {fallback.model_uri} with `kubectl -n {kube.namespace} "
+                    f"edit deployment/{kube.deployment}`{kept}"
+                ) from exc
+            report.step(f"rolled back: Deployment {self.label} runs image {fallback.image}, {fallback.model_uri} again")
+        deployed, self.deployed_tag = self.deployed_tag, None
+        if deployed is None:
+            return
+        if fallback is not None and self.rolled is not None and fallback.image == self.rolled.image:
+            report.step(f"undo: tag {deployed.tag} kept (the template rolled back to runs that image)")
+            return
+        remove_deployed_tag(deployed, self.settings, report)

@@ -1,17 +1,28 @@
 """Flow logic under a Prefect test harness; task logic through ``.fn()``; broken inputs fail loudly."""
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
-from conftest import create_bucket, make_settings, training_env
+from conftest import create_bucket, free_port, make_settings, training_env
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.testing.utilities import prefect_test_harness
 
+import healthpredict.deploy as deploy
+from flows.promote import promote
 from flows.split import fetch_raw, split, split_data
 from flows.train import train
+from healthpredict.deploy import DeploymentError
+from healthpredict.features import model_inputs
+from healthpredict.modeling import build_pipeline
+from healthpredict.registry import CHAMPION, configure_tracking, log_pipeline, register_challenger, version_by_alias
+from healthpredict.settings import Settings
 from healthpredict.split import SplitError, SplitReader
 
 pytestmark = pytest.mark.integration
@@ -120,3 +131,51 @@ def test_s3_artifact_store_without_blocks_says_how_to_create_them(
     _set_env(monkeypatch, {"HEALTHPREDICT_HOME": str(tmp_path), "HEALTHPREDICT_ARTIFACT_URI": "s3://x/y"})
     with pytest.raises(RuntimeError, match="healthpredict blocks create --bucket"):
         result_storage(Settings.from_env())
+
+
+def register_logreg(settings: Settings) -> str:
+    """A small real model, registered as the challenger; every call fits the same one."""
+    train = SplitReader(settings).read("train")
+    pipeline = build_pipeline("logreg", {"C": 0.05}, seed=0).fit(model_inputs(train), train["readmitted_binary"])
+    with mlflow.start_run():
+        info = log_pipeline(pipeline, train, {"threshold": 0.45, "family": "logreg"})
+    return str(register_challenger(settings, info.model_uri, {"family": "logreg"}).version)
+
+
+def test_a_failed_deployment_is_not_retried_when_its_undo_and_its_record_fail_too(
+    real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The promote flow's gate passes and the local target verifies a real candidate, then switching the running
+    service fails (nothing listens at HEALTHPREDICT_SERVICE_URL), so does switching it back, and the registry refuses
+    to record the failure. The run reports the DeploymentError, once: the task is not retried."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    _set_env(monkeypatch, training_env(
+        tmp_path / "home", real_split_home, HEALTHPREDICT_SERVICE_URL=closed, HEALTHPREDICT_RELOAD_TOKEN="t",
+        HEALTHPREDICT_AUDIT_BOOTSTRAP_ROUNDS="20", HEALTHPREDICT_DEPLOY_TARGET="local",
+    ))  # fmt: skip
+    settings = Settings.from_env()
+    configure_tracking(settings)
+    first = register_logreg(settings)
+    MlflowClient().set_registered_model_alias(settings.tracking.model_name, CHAMPION, first)
+    second = register_logreg(settings)
+    recorded: list[dict[str, str]] = []
+    real = deploy.tag_version
+
+    def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
+        recorded.append(tags)
+        if tags.get("deployment") == "failed":
+            raise MlflowException("RESOURCE_EXHAUSTED: the tracking server is overloaded")
+        real(settings, version, tags)
+
+    monkeypatch.setattr(deploy, "tag_version", tag_version)
+    with caplog.at_level(logging.ERROR, logger="healthpredict.deploy"):
+        state = promote(return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(DeploymentError, match=f"deployment of version {second} failed: .*undo incomplete"):
+        state.result()
+    assert [tags["deployment"] for tags in recorded] == ["failed"]  # one attempt: no retry rolled it out again
+    assert str(version_by_alias(settings, CHAMPION).version) == first  # type: ignore[union-attr]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("healthpredict.deploy")]
+    assert any("the tracking server is overloaded" in m for m in logged), logged
+    assert any("undo failed: rolling the local target back failed" in m for m in logged), logged

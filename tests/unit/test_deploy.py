@@ -1,16 +1,29 @@
 """The deployment orchestration with a scripted target and a real (sqlite) MLflow registry: every failure point
-is undone, newest step first, and the original error is the one raised."""
+is undone, newest step first, and a DeploymentError built on the original error is the one raised, whatever else
+fails on the way; the champion lock makes a second deployment wait, or give up naming the holder."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import make_settings
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 import healthpredict.deploy as deploy
-from healthpredict.deploy import TARGETS, DeploymentError, DeploymentReport, deploy_version, deployment_lock
+from healthpredict.deploy import (
+    TARGETS,
+    ChampionLockError,
+    DeploymentError,
+    DeploymentReport,
+    champion_lock,
+    deploy_version,
+)
 from healthpredict.deploy.kubernetes import KubernetesTarget
 from healthpredict.deploy.local import LocalTarget
 from healthpredict.registry import CHAMPION, configure_tracking, version_by_alias
@@ -138,10 +151,129 @@ def test_first_deployment_undo_removes_the_alias(registry: Settings) -> None:
     assert champion(registry) is None
 
 
-def test_a_second_deployment_is_refused_while_one_runs(registry: Settings) -> None:
-    target = ScriptedTarget(registry)
-    with deployment_lock(registry), pytest.raises(DeploymentError, match="another deployment is in progress"):
+def refuse_failure_tags(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """The registry refuses to record a failed deployment (as a server that went away would)."""
+    attempts: list[dict[str, str]] = []
+    real = deploy.tag_version
+
+    def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
+        attempts.append(tags)
+        if tags.get("deployment") == "failed":
+            raise MlflowException("RESOURCE_EXHAUSTED: the tracking server is overloaded")
+        real(settings, version, tags)
+
+    monkeypatch.setattr(deploy, "tag_version", tag_version)
+    return attempts
+
+
+def test_a_failure_to_record_a_failed_deployment_keeps_the_deployment_error(
+    registry: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts = refuse_failure_tags(monkeypatch)
+    target = ScriptedTarget(registry, fail={"activate"})
+    with caplog.at_level(logging.ERROR, logger="healthpredict.deploy"), pytest.raises(DeploymentError) as raised:
         deploy_version(registry, "2", target)
-    assert target.calls == [] and champion(registry) == "1"
-    deploy_version(registry, "2", target)  # released: the next one runs
+    assert str(raised.value).startswith("deployment of version 2 failed, champion unchanged (version 1)")
+    assert isinstance(raised.value.__cause__, RuntimeError) and str(raised.value.__cause__) == "activate broke"
+    assert [a["deployment"] for a in attempts] == ["failed"]
+    note = "recording {'deployment': 'failed', 'deployment.reason': 'RuntimeError: activate broke'} on version 2 failed"
+    assert any(n.startswith(note) and "MlflowException" in n for n in raised.value.__notes__)
+    assert any(note in r.getMessage() and "the tracking server is overloaded" in r.getMessage() for r in caplog.records)
+    assert champion(registry) == "1"
+
+
+def test_a_failed_deployment_raises_its_error_even_when_the_undo_and_the_record_fail(
+    registry: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    refuse_failure_tags(monkeypatch)
+
+    def restore_fails(settings: Settings, alias: str, version: str | None) -> None:
+        raise ConnectionError("registry went away")
+
+    monkeypatch.setattr(deploy, "restore_alias", restore_fails)
+    target = ScriptedTarget(registry, fail={"activate", "roll_back"})
+    with caplog.at_level(logging.ERROR, logger="healthpredict.deploy"), pytest.raises(DeploymentError) as raised:
+        deploy_version(registry, "2", target)
+    message = str(raised.value)
+    assert message.startswith("deployment of version 2 failed: RuntimeError: activate broke; undo incomplete:")
+    assert "restoring alias `champion` to 1 failed (ConnectionError: registry went away)" in message
+    assert "rolling the scripted target back failed (RuntimeError: roll_back broke)" in message
+    assert len(raised.value.__notes__) == 1 and "MlflowException" in raised.value.__notes__[0]
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sum("undo failed" in m for m in logged) == 2 and sum("recording" in m for m in logged) == 1
+
+
+def test_a_failure_to_record_a_success_does_not_undo_it(registry: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
+        raise MlflowException("RESOURCE_EXHAUSTED: the tracking server is overloaded")
+
+    monkeypatch.setattr(deploy, "tag_version", tag_version)
+    target = ScriptedTarget(registry)
+    report = deploy_version(registry, "2", target)
+    assert [c[0] for c in target.calls] == ["roll_out", "activate"] and champion(registry) == "2"
+    assert any(step.startswith("record FAILED: recording {'deployment': 'succeeded'") for step in report.steps)
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from healthpredict.deploy import champion_lock
+from healthpredict.settings import Settings
+with champion_lock(Settings.from_env(), holder="the test's other process"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def hold_lock_elsewhere(settings: Settings, seconds: float) -> subprocess.Popen[str]:
+    """Another process (same home, no Prefect server) holding the champion lock for ``seconds``."""
+    env = {"HEALTHPREDICT_HOME": str(settings.home), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(seconds)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_deployment_gives_up_after_the_timeout_and_names_the_holder(
+    registry: Settings, tmp_path: Path
+) -> None:
+    impatient = make_settings(registry.home, HEALTHPREDICT_CHAMPION_LOCK_TIMEOUT_S="1")
+    holder = hold_lock_elsewhere(impatient, 30)
+    try:
+        target = ScriptedTarget(impatient)
+        started = time.monotonic()
+        with pytest.raises(ChampionLockError, match=r"held by the test's other process; gave up after 1 s"):
+            deploy_version(impatient, "2", target)
+        assert 1.0 <= time.monotonic() - started < 10
+        assert target.calls == [] and champion(registry) == "1"
+        assert "deployment" not in deployment_tags(registry, "2")  # nothing was attempted, nothing recorded
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_deployment_waits_for_the_first_and_then_runs(
+    registry: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = hold_lock_elsewhere(registry, 3)
+    try:
+        target = ScriptedTarget(registry)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="healthpredict.deploy.lock"):
+            deploy_version(registry, "2", target)
+        assert time.monotonic() - started >= 2  # it waited for the holder's 3 s
+        assert holder.wait(timeout=10) == 0
+        assert champion(registry) == "2" and target.calls == [("roll_out", "2", "1"), ("activate", "2", "2")]
+        waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for the champion lock")]
+        assert waiting and "held by the test's other process" in waiting[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_champion_lock_is_reentrant_in_one_thread(registry: Settings) -> None:
+    """``promote`` holds it around the gate and the deployment, which takes it again."""
+    target = ScriptedTarget(registry)
+    with champion_lock(registry):
+        deploy_version(registry, "2", target)
     assert champion(registry) == "2"
