@@ -61,7 +61,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HEALTHPREDICT_HOME=/tmp/healthpredict \
-    HEALTHPREDICT_MODEL_URI=models:/health-predict@champion
+    HEALTHPREDICT_MODEL_URI=models:/health-predict@champion \
+    DO_NOT_TRACK=true \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    RAY_USAGE_STATS_ENABLED=0 \
+    EVIDENTLY_DISABLE_TELEMETRY=1
 
 WORKDIR /home/healthpredict
 USER 10001:10001

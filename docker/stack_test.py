@@ -149,6 +149,7 @@ def write_env_file(folder: Path, raw_data: Path, base_image: str) -> Path:
                 "MINIO_FLOWS_PASSWORD",
                 "HEALTHPREDICT_RELOAD_TOKEN",
                 "GRAFANA_ADMIN_PASSWORD",
+                "PREFECT_API_PASSWORD",
             )
         },
         "MINIO_ROOT_USER": "stack-test-root",
@@ -206,9 +207,17 @@ def wait_until_up(stack: Stack, timeout: float = 900) -> None:
     raise StackTestError(f"not up after {timeout:.0f} s: {', '.join(pending)}")
 
 
-def check_user_interfaces(admin_password: str) -> None:
-    """The Prefect UI and the MLflow UI answer their pages on the published ports (MLflow's after sign-in)."""
+def check_user_interfaces(admin_password: str, prefect_auth_string: str) -> None:
+    """The Prefect UI and the MLflow UI answer their pages on the published ports (MLflow's after sign-in); both
+    APIs refuse a client without credentials, and Prefect's answers one with its auth string."""
     import httpx
+
+    version = "http://127.0.0.1:4200/api/admin/version"
+    if httpx.get(version, timeout=10).status_code != 401:
+        raise StackTestError("the Prefect API answers without its auth string")
+    user, password = prefect_auth_string.split(":", 1)
+    if httpx.get(version, auth=(user, password), timeout=10).status_code != 200:
+        raise StackTestError("the Prefect API refuses its auth string")
 
     pages = {
         "Prefect UI": httpx.get("http://127.0.0.1:4200/", timeout=10),
@@ -376,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     # The test's own Prefect client state, pointed at the stack's server; nothing of the user's profile is used.
     os.environ.update({
         "PREFECT_HOME": str(work / "prefect"), "PREFECT_API_URL": "http://127.0.0.1:4200/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
     })  # fmt: skip
     stack: Stack | None = None
     try:
@@ -384,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=60)
         env_file = write_env_file(work, raw_data, base_image)
         values = read_env_file(env_file)
+        # The test's Prefect client signs in as the stack's clients do (docker-compose.yml's default user).
+        os.environ["PREFECT_API_AUTH_STRING"] = f"healthpredict:{values['PREFECT_API_PASSWORD']}"
         stack = Stack(compose, env_file)
         # What a killed earlier run left (its containers and volumes): this project name is the test's alone.
         stack.run("down", "-v", "--remove-orphans", timeout=300, check=False)
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         with timings.step("up -d, every healthcheck passing"):
             stack.run("up", "-d", timeout=1200)
             wait_until_up(stack)
-            check_user_interfaces(values["MLFLOW_ADMIN_PASSWORD"])
+            check_user_interfaces(values["MLFLOW_ADMIN_PASSWORD"], os.environ["PREFECT_API_AUTH_STRING"])
         records = real_records(raw_data, work)
 
         with timings.step("pipeline/default on the compose worker, to Completed"):

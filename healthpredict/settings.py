@@ -652,14 +652,26 @@ class Settings:
 PREFECT_EPHEMERAL_STARTUP_TIMEOUT_S = 300
 
 
+#: Every library's telemetry and usage statistics off: the project handles patient data and sends nothing
+#: anywhere. ``DO_NOT_TRACK`` is the common switch (MLflow reads it as "true", Prefect's client analytics and
+#: Evidently as any value); each library's own switch is set too, so none depends on another's reading of it.
+#: The CLI sets them before it imports any of these libraries (:func:`tool_environment`), and the images,
+#: the compose services and every deployment's environment carry them.
+TELEMETRY_OFF_ENVIRONMENT: dict[str, str] = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "EVIDENTLY_DISABLE_TELEMETRY": "1",
+}
+
 #: What every process that runs flows needs before Prefect, Ray or MLflow start: no telemetry, our own log lines
 #: (the search's progress) in Prefect's run logs, and no Ray tables, hints or token files. The CLI applies them
 #: (:func:`tool_environment`); every deployment of prefect.yaml, prefect.docker.yaml and prefect.kubernetes.yaml
 #: carries them in its environment, so a worker's flow runs get them too.
 FLOW_RUN_ENVIRONMENT: dict[str, str] = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    **TELEMETRY_OFF_ENVIRONMENT,
     "PREFECT_LOGGING_EXTRA_LOGGERS": "healthpredict",
-    "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_AIR_NEW_OUTPUT": "0",
 }
@@ -668,11 +680,11 @@ FLOW_RUN_ENVIRONMENT: dict[str, str] = {
 def tool_environment(settings: Settings, env: Mapping[str, str] | None = None, verbose: bool = False) -> dict[str, str]:
     """Environment defaults for the embedded tools, for an entrypoint to apply before it imports them.
 
-    A value the user already set is never overridden. Prefect keeps its state (database, profiles) under
-    ``HEALTHPREDICT_HOME``, waits long enough for its temporary server's first start, and sends no telemetry;
-    our own log lines also reach Prefect's run logs; Ray stays on loopback, sends no usage statistics and
-    prints no per-trial tables (the search reports its own progress); MLflow logs warnings only, unless
-    ``verbose``.
+    A value the user already set is never overridden. No library sends telemetry or usage statistics
+    (:data:`TELEMETRY_OFF_ENVIRONMENT`). Prefect keeps its state (database, profiles) under
+    ``HEALTHPREDICT_HOME`` and waits long enough for its temporary server's first start; our own log lines also
+    reach Prefect's run logs; Ray stays on loopback and prints no per-trial tables (the search reports its own
+    progress); MLflow logs warnings only, unless ``verbose``.
     """
     env = os.environ if env is None else env
     defaults = {

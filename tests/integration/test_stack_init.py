@@ -1,8 +1,8 @@
-"""The compose stack's `init` against real servers on 127.0.0.1: a Prefect server and an MLflow server with its
-basic-auth app (started by the MLflow image's own entrypoint script). After it, the Prefect UI holds the work
-pool, the blocks and every deployment (with no fixed parameter and the champion-moving ones limited to one run at
-a time); MLflow requires credentials, and the API's user can read the registry but not write to it. Run twice,
-it changes nothing."""
+"""The compose stack's `init` against real servers on 127.0.0.1: a Prefect server behind its auth string and an
+MLflow server with its basic-auth app (started by the MLflow image's own entrypoint script). After it, the Prefect
+UI holds the work pool, the blocks and every deployment (with no fixed parameter and the champion-moving ones
+limited to one run at a time); MLflow requires credentials, and the API's user can read the registry but not
+write to it. Run twice, it changes nothing."""
 
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ ONE_AT_A_TIME = {
 }  # fmt: skip
 ADMIN_PASSWORD = "admin-password-for-the-test-1"
 SERVICE_PASSWORD = "service-password-for-the-test-1"
+PREFECT_AUTH_STRING = "healthpredict:prefect-password-for-the-test-1"
 
 
 def read_deployments(api: str) -> dict[str, object]:
     from prefect.client.orchestration import PrefectClient
 
     async def read() -> dict[str, object]:
-        async with PrefectClient(api) as client:  # this server, whatever the test process's own settings say
+        # this server, whatever the test process's own settings say
+        async with PrefectClient(api, auth_string=PREFECT_AUTH_STRING) as client:
             found = {}
             for deployment in await client.read_deployments():
                 flow = await client.read_flow(deployment.flow_id)
@@ -55,7 +57,8 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
         **os.environ, **aws_env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }  # fmt: skip
-    base.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY"):
+        base.pop(name, None)
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
@@ -67,11 +70,12 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
     try:
         prefect = start(
             [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            base, "prefect.log",
+            {**base, "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH_STRING}, "prefect.log",
         )  # fmt: skip
         mlflow_env = {
             **base, "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path / 'auth.db'}",
             "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+            "MLFLOW_READ_ONLY_USERS": "healthpredict-service", "TMPDIR": str(tmp_path),
         }  # fmt: skip
         mlflow = start(
             ["sh", str(PROJECT_ROOT / "docker" / "mlflow" / "start-mlflow.sh"), "server", "--app-name", "basic-auth",
@@ -83,7 +87,8 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
         wait_for_http(f"{tracking}/health", timeout=180, process=mlflow)
 
         init_env = {
-            **base, "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_TRACKING_USERNAME": "admin",
+            **base, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": PREFECT_AUTH_STRING,
+            "MLFLOW_TRACKING_URI": tracking, "MLFLOW_TRACKING_USERNAME": "admin",
             "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "HEALTHPREDICT_BUCKET": "hp-stack",
             "HEALTHPREDICT_ARTIFACT_URI": "s3://hp-stack/data", "MLFLOW_SERVICE_USER": "healthpredict-service",
             "MLFLOW_SERVICE_PASSWORD": SERVICE_PASSWORD, "HEALTHPREDICT_DEPLOYMENTS_DIR": str(PROJECT_ROOT),
@@ -95,6 +100,7 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
             )  # fmt: skip
             assert done.returncode == 0, f"run {attempt}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "exists; password set again" in done.stdout and "work pool healthpredict exists" in done.stdout
+        assert "MLflow user healthpredict-service is read-only" in done.stdout
 
         deployments = read_deployments(api)
         assert sorted(deployments) == sorted(DEPLOYMENTS)
@@ -124,6 +130,8 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
             reader.set_registered_model_alias("health-predict", "champion", "1")
         with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|Permission denied"):
             reader.delete_registered_model("health-predict")
+        with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|Permission denied"):
+            reader.create_experiment("made-by-the-service")
         assert [m.name for m in reader.search_registered_models()] == ["health-predict"]
     finally:
         for process in reversed(processes):

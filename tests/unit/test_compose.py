@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import require_executable
 
+from healthpredict.settings import TELEMETRY_OFF_ENVIRONMENT
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,11 +33,16 @@ ONE_SHOT = {"preflight", "init", "minio-init"}
 CONTROL_PLANE = {"postgres", "prefect-server", "init", "prefect-worker"}
 REQUIRED_VARS = {
     "POSTGRES_USER", "POSTGRES_PASSWORD", "HEALTHPREDICT_BUCKET", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD",
-    "MLFLOW_FLASK_SECRET_KEY", "HEALTHPREDICT_RELOAD_TOKEN",
+    "MLFLOW_FLASK_SECRET_KEY", "HEALTHPREDICT_RELOAD_TOKEN", "PREFECT_API_PASSWORD",
 }  # fmt: skip
 MINIO_REQUIRED_VARS = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_MLFLOW_PASSWORD", "MINIO_FLOWS_PASSWORD"}
-SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|ROOT_USER|_USER$", re.IGNORECASE)
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|AUTH_STRING|ROOT_USER|_USER$", re.IGNORECASE)
 VAR_ONLY = re.compile(r"^\$\{[A-Z0-9_]+(:?[?-][^}]*)?\}$")
+#: A basic-auth string user:password, each part from a variable (Prefect's auth string).
+USER_PASSWORD_VARS = re.compile(r"^\$\{[A-Z0-9_]+(:?[?-][^}]*)?\}:\$\{[A-Z0-9_]+(:?[?-][^}]*)?\}$")
+PREFECT_AUTH_STRING = (
+    "${PREFECT_API_USER:-healthpredict}:${PREFECT_API_PASSWORD:?set PREFECT_API_PASSWORD in .env (see .env.example)}"
+)
 STORAGE_CREDENTIALS = re.compile(r"^(AWS_|MINIO_|MLFLOW_S3_)")
 
 
@@ -121,7 +128,8 @@ def test_local_stack_refuses_a_missing_variable(tmp_path: Path, missing: str) ->
 def test_aws_stack_validates_with_the_env_the_bootstrap_writes(tmp_path: Path) -> None:
     from infra_pulumi.compute import BOOTSTRAP_ENV_KEYS, COMPOSE_FILES_ON_AWS
 
-    values = {key: f"{key.lower().replace('_', '-')}-value" for key in BOOTSTRAP_ENV_KEYS}
+    # Every credential the stack requires (whether the bootstrap writes each is the next test's question).
+    values = {key: f"{key.lower().replace('_', '-')}-value" for key in (*BOOTSTRAP_ENV_KEYS, *sorted(REQUIRED_VARS))}
     values.update(COMPOSE_FILE=COMPOSE_FILES_ON_AWS, BIND_ADDRESS="0.0.0.0", AWS_REGION="eu-west-1")
     env_file = tmp_path / "aws.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -139,8 +147,20 @@ def test_aws_stack_validates_with_the_env_the_bootstrap_writes(tmp_path: Path) -
     service = resolved["service"]
     assert not [k for k in _env_dict(service) if STORAGE_CREDENTIALS.match(k)]
     assert not any("/run/aws" in str(v) for v in service.get("volumes", []))
+    # Only the prediction API on every interface: MLflow and Prefect speak plain HTTP (an SSH tunnel reaches them).
     published = {_published(p) for svc in resolved.values() for p in svc.get("ports", [])}
-    assert published == {("0.0.0.0", "5000"), ("0.0.0.0", "4200"), ("0.0.0.0", "8000")}
+    assert published == {("127.0.0.1", "5000"), ("127.0.0.1", "4200"), ("0.0.0.0", "8000")}
+    server_auth = _env_dict(resolved["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"]
+    assert server_auth == "healthpredict:prefect-api-password-value"
+    for name in ("init", "prefect-worker"):
+        assert _env_dict(resolved[name])["PREFECT_API_AUTH_STRING"] == server_auth, name
+
+
+def test_the_bootstrap_writes_every_credential_the_stack_requires() -> None:
+    from infra_pulumi.compute import BOOTSTRAP_ENV_KEYS
+
+    missing = REQUIRED_VARS - set(BOOTSTRAP_ENV_KEYS)
+    assert not missing, f"docker-compose.yml requires {sorted(missing)}; the EC2 bootstrap's .env lacks them"
 
 
 # ------------------------------------------------------------------------- YAML policy
@@ -202,11 +222,13 @@ def test_mlflow_requires_credentials_and_the_api_reads_only(services: dict[str, 
     worker = _env_dict(services["prefect-worker"])
     assert worker["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_ADMIN_USER:-admin}"
     assert not [k for k in api if STORAGE_CREDENTIALS.match(k)], "the API holds no storage credentials"
+    assert _env_dict(services["mlflow"])["MLFLOW_READ_ONLY_USERS"] == api["MLFLOW_TRACKING_USERNAME"]
     init = " ".join(services["init"]["entrypoint"])
     assert init.endswith("/opt/healthpredict/init-stack.sh")
     script = (REPO / "docker" / "init" / "init-stack.sh").read_text()
     for step in ("prefect work-pool create healthpredict --type process", "healthpredict blocks create",
-                 "prefect --no-prompt deploy --all", "/api/2.0/mlflow/users/"):  # fmt: skip
+                 "prefect --no-prompt deploy --all", "/api/2.0/mlflow/", "users/create", "users/update-admin",
+                 "experiments/create"):  # fmt: skip
         assert step in script, step
 
 
@@ -214,7 +236,9 @@ def test_no_credential_literals() -> None:
     for path in (COMPOSE_FILE, MINIO_FILE, AWS_FILE):
         for name, svc in load(path)["services"].items():
             for key, value in _env_dict(svc).items():
-                if SECRET_KEY.search(key):
+                if key.endswith("AUTH_STRING"):
+                    assert USER_PASSWORD_VARS.match(value), f"{path.name} {name}.{key} must be ${{USER}}:${{PASSWORD}}"
+                elif SECRET_KEY.search(key):
                     assert VAR_ONLY.match(value), f"{path.name} {name}.{key} must come from a ${{VAR}}, got {value!r}"
                 for userinfo in re.findall(r"://(.+)@[\w.-]+(?::\d+)?/", value):
                     assert re.fullmatch(r"\$\{[^}]+\}:\$\{[^}]+\}", userinfo), (
@@ -252,16 +276,102 @@ def test_named_volumes_for_state(services: dict[str, Any]) -> None:
         assert sources and sources <= set(compose.get("volumes") or {}), f"{name} state must live on a named volume"
 
 
-def test_ports_bind_to_the_configured_address() -> None:
-    published = 0
-    for path in (COMPOSE_FILE, MINIO_FILE):
+def test_plain_http_servers_publish_on_loopback_only_and_the_api_on_the_configured_address() -> None:
+    """MLflow, Prefect and MinIO's console take credentials over plain HTTP: 127.0.0.1 whatever BIND_ADDRESS
+    says (an override cannot narrow a port, compose adds override ports to the base's). The API follows it."""
+    published = {}
+    for path in (COMPOSE_FILE, MINIO_FILE, AWS_FILE):
         for name, svc in load(path)["services"].items():
             for port in svc.get("ports", []):
                 assert isinstance(port, str), f"{name}: use the short 'IP:HOST:CONTAINER' form"
-                assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on all interfaces"
-                published += 1
-    assert published == 4  # MLflow, Prefect, the API, MinIO's console
+                published[name] = port
+    assert published == {
+        "mlflow": "127.0.0.1:5000:5000", "prefect-server": "127.0.0.1:4200:4200", "minio": "127.0.0.1:9001:9001",
+        "service": "${BIND_ADDRESS:-127.0.0.1}:8000:8000",
+    }  # fmt: skip
     assert not load(COMPOSE_FILE)["services"]["postgres"].get("ports"), "postgres stays internal"
+
+
+def test_the_prefect_api_requires_its_auth_string_and_every_client_sends_it(services: dict[str, Any]) -> None:
+    server = _env_dict(services["prefect-server"])
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == PREFECT_AUTH_STRING
+    clients = {name for name, svc in services.items() if "PREFECT_API_URL" in _env_dict(svc)}
+    assert clients == {"init", "prefect-worker"}
+    for name in clients:
+        env = _env_dict(services[name])
+        assert env["PREFECT_API_AUTH_STRING"] == PREFECT_AUTH_STRING, name
+        assert "PREFECT_API_KEY" not in env, f"{name}: an API key would take precedence over the auth string"
+    assert "PREFECT_API_PASSWORD" in _env_dict(services["preflight"])
+    script = (REPO / "docker" / "init" / "init-stack.sh").read_text()
+    assert ': "${PREFECT_API_AUTH_STRING:?' in script
+
+
+def test_the_rendered_stack_sends_the_same_prefect_auth_string_everywhere(tmp_path: Path) -> None:
+    env_file = tmp_path / "test.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "PREFECT_API_USER=operator\n")
+    proc = run_config(env_file, [COMPOSE_FILE, MINIO_FILE])
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    expected = f"operator:{env_values(ENV_EXAMPLE)['PREFECT_API_PASSWORD']}"
+    assert _env_dict(resolved["prefect-server"])["PREFECT_SERVER_API_AUTH_STRING"] == expected
+    for name in ("init", "prefect-worker"):
+        assert _env_dict(resolved[name])["PREFECT_API_AUTH_STRING"] == expected, name
+
+
+#: Services whose image runs Python: each gets every telemetry switch.
+PYTHON_SERVICES = {"mlflow", "prefect-server", "init", "prefect-worker", "service"}
+MONITORING = {"prometheus", "pushgateway", "grafana"}
+
+
+def test_every_python_service_and_image_sends_no_telemetry(tmp_path: Path) -> None:
+    env_file = tmp_path / "test.env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    proc = run_config(env_file, [COMPOSE_FILE, MINIO_FILE, MONITORING_FILE])
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    for name in PYTHON_SERVICES:
+        env = _env_dict(resolved[name])
+        missing = {k: v for k, v in TELEMETRY_OFF_ENVIRONMENT.items() if env.get(k) != v}
+        assert not missing, f"{name} lacks {missing}"
+    grafana = _env_dict(resolved["grafana"])
+    assert grafana["GF_ANALYTICS_REPORTING_ENABLED"] == "false" and grafana["GF_ANALYTICS_CHECK_FOR_UPDATES"] == "false"
+    for dockerfile, switches in (
+        (REPO / "Dockerfile", TELEMETRY_OFF_ENVIRONMENT),
+        (REPO / "docker" / "worker" / "Dockerfile", TELEMETRY_OFF_ENVIRONMENT),
+        (REPO / "docker" / "mlflow" / "Dockerfile", {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}),
+    ):
+        final_stage = dockerfile.read_text().replace("\\\n", " ").rsplit("\nFROM ", 1)[-1]
+        assignments = " ".join(re.findall(r"^ENV (.*)$", final_stage, re.M))
+        env = dict(re.findall(r"(?:^|\s)([A-Z][A-Z0-9_]+)=(\S+)", assignments))
+        missing = {k: v for k, v in switches.items() if env.get(k) != v}
+        assert not missing, f"{dockerfile.relative_to(REPO)} lacks {missing}"
+
+
+def _hardened(svc: dict[str, Any]) -> bool:
+    return svc.get("cap_drop") == ["ALL"] and "no-new-privileges:true" in svc.get("security_opt", [])
+
+
+@pytest.mark.parametrize("local_images", [False, True], ids=["published-images", "local-images"])
+def test_every_container_runs_without_capabilities_and_as_a_non_root_user(tmp_path: Path, local_images: bool) -> None:
+    """Rendered as compose runs it: no capability, no privilege escalation, and a non-root user for every service
+    of the stack. MinIO and its client are root without capabilities (their named volume is created root-owned).
+    """
+    env_file = tmp_path / "test.env"
+    env_file.write_text(ENV_EXAMPLE.read_text())
+    files = [COMPOSE_FILE, MINIO_FILE, MONITORING_FILE] + ([LOCAL_IMAGES_FILE] if local_images else [])
+    proc = run_config(env_file, files)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    assert set(resolved) == STACK | LOCAL_STORAGE | MONITORING
+    for name, svc in resolved.items():
+        assert _hardened(svc), f"{name}: cap_drop [ALL] and no-new-privileges:true"
+        if name not in LOCAL_STORAGE | MONITORING:  # the monitoring images' own users are non-root
+            assert str(svc.get("user", "")).split(":")[0] not in ("", "0", "root"), f"{name} runs as root"
+    assert resolved["postgres"]["user"] == "postgres"
+    assert not resolved["postgres"].get("cap_add"), "postgres runs as its own user: it needs no capability"
+    if local_images:
+        dockerfile = (REPO / "docker" / "local-images" / "postgres.Dockerfile").read_text()
+        assert re.search(r"^USER postgres$", dockerfile, re.M)
 
 
 def test_service_contract(services: dict[str, Any]) -> None:
@@ -358,7 +468,8 @@ def test_preflight_sees_every_credential_and_guards_everything_that_holds_one() 
     checked = set(services["preflight"]["environment"])
     for path in files:
         missing = _credential_variables(path) - checked - {"MLFLOW_ADMIN_USER", "MLFLOW_SERVICE_USER",
-                                                           "MINIO_MLFLOW_USER", "MINIO_FLOWS_USER"}  # fmt: skip
+                                                           "MINIO_MLFLOW_USER", "MINIO_FLOWS_USER",
+                                                           "PREFECT_API_USER"}  # fmt: skip
         assert not missing, f"{path.name}: preflight does not check {sorted(missing)}"
 
     def guarded(name: str, seen: frozenset[str] = frozenset()) -> bool:
