@@ -231,6 +231,15 @@ def test_serve_command_and_env_contract(rendered: dict, target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_no_telemetry_leaves_the_service_pod(rendered: dict, target: str) -> None:
+    """Every library's telemetry and usage statistics are switched off in the service container itself."""
+    from healthpredict.settings import TELEMETRY_OFF_ENVIRONMENT
+
+    env = {e["name"]: e.get("value") for e in _container(rendered[target])["env"]}
+    assert {k: env.get(k) for k in TELEMETRY_OFF_ENVIRONMENT} == TELEMETRY_OFF_ENVIRONMENT
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_no_secret_values_committed_in_configmaps_or_env(rendered: dict, target: str) -> None:
     docs = rendered[target]
     for cm in (d for d in docs if d["kind"] == "ConfigMap"):
