@@ -35,6 +35,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Peak RSS under load may use this share of the pod's memory limit (the rest is the margin for the allocator,
 #: the kernel's page cache of the model files, and a model larger than the test's).
 MEMORY_SHARE = 0.75
+#: The idle RSS of the service image serving a production-size model, rounded up (the largest reported: 614 MiB).
+#: The load may add no more than what is left of the share above that: the test's model is smaller.
+IDLE_IN_IMAGE = 640 * 2**20
 
 
 def pod_memory_limit() -> int:
@@ -127,6 +130,8 @@ def open_connection(port: int, first_bytes: bytes) -> socket.socket:
 
 def closed_by_server(connection: socket.socket, within: float) -> bytes | None:
     """What the server sent before it closed the connection (``None``: still open after ``within`` s)."""
+    if within <= 0:
+        return None
     connection.settimeout(within)
     answer = b""
     try:
@@ -175,13 +180,14 @@ def test_slow_clients_do_not_lock_legitimate_requests_out(
             slowest = max(slowest, time.monotonic() - started)
             assert status == 200, status
         assert slowest < 1.0, f"slowest legitimate answer {slowest:.2f} s"
+        print(f"with 364 stalled connections open, slowest legitimate answer {slowest * 1000:.0f} ms")
         assert time.monotonic() - opened < 6, "the stalled connections must still be open while this is measured"
 
-        headers_answer = [closed_by_server(c, within=10) for c in partial]
+        deadline = opened + 20  # both deadlines (6 s, 8 s) have passed by then, with room for a busy machine
+        headers_answer = [closed_by_server(c, within=deadline - time.monotonic()) for c in partial]
         assert all(a is not None and a.startswith(b"HTTP/1.1 408") for a in headers_answer), headers_answer[:3]
-        body_answer = [closed_by_server(c, within=10) for c in slow_bodies]
+        body_answer = [closed_by_server(c, within=deadline - time.monotonic()) for c in slow_bodies]
         assert all(a is not None and a.startswith(b"HTTP/1.1 408") for a in body_answer), body_answer[:3]
-        assert time.monotonic() - opened < 20
         assert request(port, "GET", "/health/ready")[0] == 200
     finally:
         stop.set()
@@ -201,7 +207,9 @@ def test_a_declared_oversized_body_is_refused_at_once(model_folder: Path, tmp_pa
         answer = closed_by_server(connection, within=1.0)
         assert answer is not None, "no 413 and no close within 1 s"
         assert answer.startswith(b"HTTP/1.1 413") and b"over the limit" in answer, answer[:200]
-        assert time.monotonic() - started < 1.0
+        took = time.monotonic() - started
+        assert took < 1.0
+        print(f"30 MB declaration answered 413 in {took * 1000:.0f} ms")
         connection.close()
         assert request(port, "GET", "/health/live")[0] == 200
     finally:
@@ -263,6 +271,8 @@ def test_concurrent_maximum_size_bodies_stay_under_the_memory_limit(
         assert statuses["/v1/predict", 200] == 58, statuses
         ceiling = MEMORY_SHARE * pod_memory_limit()
         assert peak[0] <= ceiling, f"peak RSS {peak[0] / 2**20:.0f} MiB over {ceiling / 2**20:.0f} MiB"
+        growth, room = peak[0] - idle, ceiling - IDLE_IN_IMAGE
+        assert growth <= room, f"the load added {growth / 2**20:.0f} MiB; a production model leaves {room / 2**20:.0f}"
         assert live_seconds and max(live_seconds) < 5.0, max(live_seconds)
         print(f"statuses {dict(statuses)}, idle RSS {idle / 2**20:.0f} MiB, peak RSS {peak[0] / 2**20:.0f} MiB, "
               f"slowest /health/live {max(live_seconds) * 1000:.0f} ms")  # fmt: skip
