@@ -126,18 +126,12 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from service.app import create_app
+    from service.server import run_server
 
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.service.host,
-        port=args.port if args.port is not None else settings.service.port,
-        workers=1,
-        access_log=False,  # request lines only would be safe, but bodies must never be logged anywhere
-        log_level="info",
-    )
+    host = args.host or settings.service.host
+    port = args.port if args.port is not None else settings.service.port
+    run_server(create_app(settings), settings, host, port)
     return 0
 
 

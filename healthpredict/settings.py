@@ -351,6 +351,8 @@ class GateSettings:
 
 #: Bytes a batch request may spend per record before it counts as too large (a full record is about 1 KiB).
 BODY_BYTES_PER_RECORD = 2048
+#: Room in the default in-flight body budget for small requests beside two bodies of the largest size.
+INFLIGHT_BYTES_MARGIN = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -383,12 +385,30 @@ class ServiceSettings:
         shown="max batch records × 2 KiB + 64 KiB",
     )  # fmt: skip
     max_inflight_body_bytes: int = var(
-        "HEALTHPREDICT_MAX_INFLIGHT_BODY_BYTES", 128 * 1024 * 1024,
-        "request bodies held at once; a request beyond it gets 503 with Retry-After", low=1024,
+        "HEALTHPREDICT_MAX_INFLIGHT_BODY_BYTES", 0,
+        "request bodies held at once (at least the largest body); a request beyond it gets 503 with Retry-After",
+        low=1024, shown="2 × largest body + 4 MiB",
     )  # fmt: skip
     max_concurrent_requests: int = var(
-        "HEALTHPREDICT_MAX_CONCURRENT_REQUESTS", 64, "prediction requests in progress at once; beyond: 503", low=1
-    )
+        "HEALTHPREDICT_MAX_CONCURRENT_REQUESTS", 64,
+        "prediction requests in progress (body arrived) at once; beyond: 503", low=1,
+    )  # fmt: skip
+    max_connections: int = var(
+        "HEALTHPREDICT_MAX_CONNECTIONS", 1000, "open connections the server serves; a request beyond them gets 503",
+        low=1,
+    )  # fmt: skip
+    header_timeout_s: float = var(
+        "HEALTHPREDICT_HEADER_TIMEOUT_S", 10.0,
+        "time a request's headers may take to arrive; then 408 and the connection closes", low=0.1, high=600,
+    )  # fmt: skip
+    body_timeout_s: float = var(
+        "HEALTHPREDICT_BODY_TIMEOUT_S", 30.0,
+        "time a request's body may take to arrive; then 408 and the connection closes", low=0.1, high=3600,
+    )  # fmt: skip
+    keep_alive_s: int = var(
+        "HEALTHPREDICT_KEEP_ALIVE_S", 5, "an idle kept-alive connection closes after this many seconds", low=1,
+        high=600,
+    )  # fmt: skip
     runtime: str = var(
         "HEALTHPREDICT_RUNTIME", "auto",
         "fast-path runtime: `auto` (the fastest that reproduces the pipeline) or one by name (e.g. `sklearn`)",
@@ -401,6 +421,13 @@ class ServiceSettings:
         if not self.max_body_bytes:  # follows from the batch limit unless set
             body = self.max_batch_records * BODY_BYTES_PER_RECORD + 64 * 1024
             object.__setattr__(self, "max_body_bytes", body)
+        if not self.max_inflight_body_bytes:  # two bodies of the largest size at once (two cores are busy then)
+            object.__setattr__(self, "max_inflight_body_bytes", 2 * self.max_body_bytes + INFLIGHT_BYTES_MARGIN)
+        if self.max_inflight_body_bytes < self.max_body_bytes:
+            raise SettingsError(
+                f"HEALTHPREDICT_MAX_INFLIGHT_BODY_BYTES={self.max_inflight_body_bytes} is below "
+                f"HEALTHPREDICT_MAX_BODY_BYTES={self.max_body_bytes}: the largest body would never be accepted"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         max_body_bytes=settings.service.max_body_bytes,
         max_inflight_bytes=settings.service.max_inflight_body_bytes,
         max_concurrent=settings.service.max_concurrent_requests,
+        body_timeout_s=settings.service.body_timeout_s,
     )
     tasks: set[asyncio.Task[None]] = set()
 

@@ -18,7 +18,7 @@ import anyio
 import msgspec
 import numpy as np
 from litestar import Controller, Request, Response, get, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.status_codes import (
@@ -27,8 +27,10 @@ from litestar.status_codes import (
     HTTP_401_UNAUTHORIZED,
     HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
+    HTTP_408_REQUEST_TIMEOUT,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -36,6 +38,7 @@ from litestar.status_codes import (
 from healthpredict.fast_inference.base import usable_cores
 from healthpredict.features import EXCLUDED_DISCHARGE_IDS, is_out_of_scope
 from healthpredict.settings import Settings
+from service.limits import BODY_SCOPE_KEY
 from service.metrics import WARMUP_SCOPE_KEY, ServiceMetrics
 from service.model_manager import ModelManager, ReloadInProgress, ServedModel, describe
 from service.schemas import (
@@ -103,7 +106,7 @@ def field_error(exc: msgspec.ValidationError) -> FieldError:
     return FieldError(field=_shown(path) if path else None, message=message[:200])
 
 
-def decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+def decode(decoder: msgspec.json.Decoder[Any], body: bytes | bytearray) -> Any:
     """Strict decoding; every failure, for any bytes, is a 400 or 422 that names the field and the rule."""
     try:
         return decoder.decode(body)
@@ -130,9 +133,41 @@ def out_of_scope_error(prefix: str) -> FieldError:
     )
 
 
+#: The only request body media type; ``charset`` is its only parameter, and UTF-8 (JSON's encoding) its only value.
+JSON_MEDIA_TYPE = "application/json"
+_UTF8 = ("utf-8", "utf8")
+
+
+def require_json(request: Request[Any, Any, Any]) -> None:
+    """A body that does not say it is UTF-8 JSON is a 415 naming the header, before the body is decoded."""
+    declared = request.headers.get("content-type")
+    rule = f"must be {JSON_MEDIA_TYPE} (optionally with charset=utf-8)"
+    if declared is None:
+        problem = "Content-Type header is missing"
+    else:
+        media_type, *parameters = declared.split(";")
+        charsets = [p.partition("=") for p in parameters if p.strip()]
+        if media_type.strip().lower() != JSON_MEDIA_TYPE:
+            problem = "Content-Type is not application/json"
+        elif any(n.strip().lower() != "charset" or v.strip().strip('"').lower() not in _UTF8 for n, _, v in charsets):
+            problem = "Content-Type has a parameter other than charset=utf-8"
+        else:
+            return
+    raise RequestRejected(
+        HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{problem}: the body {rule}", [FieldError(field="Content-Type", message=rule)]
+    )
+
+
+async def request_body(request: Request[Any, Any, Any]) -> bytes | bytearray:
+    """The body :mod:`service.limits` read, taken out of the scope (freed once decoded), or read here."""
+    body: bytes | bytearray | None = request.scope.pop(BODY_SCOPE_KEY, None)  # type: ignore[misc]
+    return await request.body() if body is None else body
+
+
 async def read_record(request: Request[Any, Any, Any]) -> PatientRecord:
     """One encounter's body, strictly decoded; an encounter outside the model's scope is a 422."""
-    record: PatientRecord = decode(RECORD_DECODER, await request.body())
+    require_json(request)
+    record: PatientRecord = decode(RECORD_DECODER, await request_body(request))
     if is_out_of_scope(record.discharge_disposition_id):
         error = out_of_scope_error("")
         raise RequestRejected(HTTP_422_UNPROCESSABLE_ENTITY, error.message, [error])
@@ -144,7 +179,8 @@ async def read_batch(
 ) -> list[PatientRecord]:
     """A batch body, strictly decoded (off the event loop when large): more than ``limit`` records (the setting
     ``variable``) is a 413, any encounter outside the model's scope a 422 naming the first 20."""
-    body = await request.body()
+    require_json(request)
+    body = await request_body(request)
     if len(body) > THREAD_DECODE_BYTES:  # a large body is decoded off the event loop
         batch = await anyio.to_thread.run_sync(decode, BATCH_DECODER, body)
     else:
@@ -203,9 +239,17 @@ def _body_operation(struct: Any) -> type[Operation]:
 
 
 _ERRORS = {
-    HTTP_400_BAD_REQUEST: ResponseSpec(ErrorResponse, description="Body is not JSON", generate_examples=False),
+    HTTP_400_BAD_REQUEST: ResponseSpec(
+        ErrorResponse, description="Body is not UTF-8 JSON, or Content-Length is malformed", generate_examples=False
+    ),
+    HTTP_408_REQUEST_TIMEOUT: ResponseSpec(
+        ErrorResponse, description="The body did not arrive in time (the connection closes)", generate_examples=False
+    ),
     HTTP_413_REQUEST_ENTITY_TOO_LARGE: ResponseSpec(
         ErrorResponse, description="Body or batch over its limit", generate_examples=False
+    ),
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE: ResponseSpec(
+        ErrorResponse, description="Content-Type is not application/json", generate_examples=False
     ),
     HTTP_422_UNPROCESSABLE_ENTITY: ResponseSpec(
         ErrorResponse, description="A field breaks its rule, or the encounter is out of scope", generate_examples=False
@@ -343,6 +387,17 @@ class AdminController(Controller):
         return Response(ReloadResult(reloaded=True, version=served.version, detail=detail), status_code=HTTP_200_OK)
 
 
+def _parameter_error(error: dict[str, Any]) -> FieldError:
+    """Litestar's error for one parameter, its name cut and its rule stated without the submitted value."""
+    message = str(error.get("message", "invalid value"))
+    if message.startswith("Invalid enum value"):
+        message = "not one of the allowed values (the schema lists them)"
+    elif "'" in message or '"' in message:  # a message that quotes what was sent
+        message = "invalid value (the schema states the rule)"
+    key = error.get("key")
+    return FieldError(field=_shown(str(key)) if key is not None else None, message=message[:200])
+
+
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     """Every error body has one shape; unexpected errors say nothing about the request's data."""
     if isinstance(exc, RequestRejected):
@@ -350,7 +405,16 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
             ErrorResponse(status_code=exc.status_code, detail=exc.detail, errors=exc.errors),
             status_code=exc.status_code,
         )
+    if isinstance(exc, ValidationException):  # a query or path parameter: Litestar's detail repeats the URL
+        errors = [_parameter_error(e) for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
+        named = ", ".join(sorted({e.field for e in errors if e.field}))
+        detail = f"invalid request parameter: {named}" if named else "invalid request parameters"
+        return Response(
+            ErrorResponse(status_code=exc.status_code, detail=detail, errors=errors), status_code=exc.status_code
+        )
     if isinstance(exc, HTTPException):
-        return Response(ErrorResponse(status_code=exc.status_code, detail=exc.detail), status_code=exc.status_code)
+        return Response(
+            ErrorResponse(status_code=exc.status_code, detail=exc.detail[:200]), status_code=exc.status_code
+        )
     request.logger.exception("unhandled error in %s %s", request.method, request.url.path)
     return Response(ErrorResponse(status_code=500, detail="internal error"), status_code=500)

@@ -16,6 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import (
     HTTP_200_OK,
+    HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -127,6 +128,9 @@ class ExplainController(Controller):
         summary="The served model's card: intended use, data, metrics with CIs, subgroups, limitations",
         media_type="text/markdown; charset=utf-8",
         responses={
+            HTTP_400_BAD_REQUEST: ResponseSpec(
+                ErrorResponse, description="`format` is not one of its values", generate_examples=False
+            ),
             HTTP_404_NOT_FOUND: ResponseSpec(
                 ErrorResponse, description="The model has no card", generate_examples=False
             ),

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "integration-reload-token"
 MODEL_NAME = "health-predict"
+JSON = {"content-type": "application/json"}
 
 
 def register(settings: Settings, home: Path, family: Family, seed: int = 0) -> str:
@@ -130,11 +131,11 @@ def test_uvicorn_process_serves_the_registered_champion(server: str, registry: R
     rows = test.iloc[:300]
     bodies = request_bodies(rows)
     batch = httpx.post(
-        f"{server}/v1/predict/batch", content=b'{"records": [' + b",".join(bodies) + b"]}", timeout=30
+        f"{server}/v1/predict/batch", content=b'{"records": [' + b",".join(bodies) + b"]}", headers=JSON, timeout=30
     ).json()
     probabilities = [p["probability"] for p in batch["predictions"]]
     np.testing.assert_allclose(probabilities, expected_probabilities(registry, "xgboost", rows), rtol=0, atol=1e-5)
-    single = httpx.post(f"{server}/v1/predict", content=bodies[0]).json()
+    single = httpx.post(f"{server}/v1/predict", content=bodies[0], headers=JSON).json()
     assert single["probability"] == pytest.approx(probabilities[0], abs=1e-5)  # tree-walk row vs booster batch
     assert single["model_version"] == registry.versions["xgboost"]
     assert "healthpredict_model_info" in httpx.get(f"{server}/metrics").text
@@ -152,7 +153,7 @@ class LoadGenerator:
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, worker: int) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as client:
+        with httpx.Client(base_url=self.base, headers=JSON, timeout=30) as client:
             i = worker
             while not self.stop.is_set() and len(self.answers) < 50_000:
                 row = i % len(self.bodies)
@@ -228,7 +229,7 @@ def test_failed_reload_keeps_the_old_model_and_reports_it(server: str, registry:
     assert described["version"] == serving
     assert f"models:/{MODEL_NAME}@champion" in described["last_reload_error"]
     _, test = real_parts(registry.split_home)
-    answer = httpx.post(f"{server}/v1/predict", content=request_bodies(test.iloc[:1])[0])
+    answer = httpx.post(f"{server}/v1/predict", content=request_bodies(test.iloc[:1])[0], headers=JSON)
     assert answer.status_code == 200
     assert answer.json()["model_version"] == serving
     assert httpx.get(f"{server}/health/ready").status_code == 200
@@ -256,7 +257,7 @@ def test_registry_down_at_startup_is_live_not_ready(tmp_path: Path, monkeypatch:
         time.sleep(1.0)  # a few retries later it is still alive and still honest
         assert client.get("/health/live").status_code == 200
         assert client.get("/health/ready").status_code == 503
-        assert client.post("/v1/predict", content=json.dumps({"gender": "Female"})).status_code == 422
+        assert client.post("/v1/predict", content=json.dumps({"gender": "Female"}), headers=JSON).status_code == 422
 
 
 def test_becomes_ready_once_the_model_is_registered(

@@ -43,6 +43,7 @@ from service.examples import EXAMPLE_RECORD
 from service.metrics import SCORE_BUCKETS, ScoreHistogram
 
 pytestmark = pytest.mark.unit
+JSON = {"content-type": "application/json"}
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -248,9 +249,10 @@ def test_service_exports_the_scores_it_answered(client: TestClient[Any]) -> None
     answered = []
     for hours in (1, 5, 9):
         body = json.dumps({**EXAMPLE_RECORD, "time_in_hospital": hours})
-        answered.append(client.post("/v1/predict", content=body).json()["probability"])
+        answered.append(client.post("/v1/predict", content=body, headers=JSON).json()["probability"])
     batch = json.dumps({"records": [{**EXAMPLE_RECORD, "number_inpatient": n} for n in range(6)]})
-    answered += [p["probability"] for p in client.post("/v1/predict/batch", content=batch).json()["predictions"]]
+    batch_answer = client.post("/v1/predict/batch", content=batch, headers=JSON).json()
+    answered += [p["probability"] for p in batch_answer["predictions"]]
     registry = client.app.state.service.metrics.registry
     found = samples(registry)
     assert found[("healthpredict_prediction_score_count", ())] == len(answered) == 9  # warm-up not counted

@@ -207,15 +207,21 @@ def test_reload_in_progress_is_refused_by_the_manager(model: tuple[Path, Any], t
 # -- bounded memory and back-pressure ---------------------------------------------------------------------------
 
 
-def run_asgi(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, dict[bytes, bytes]]:
-    """One request through an ASGI callable; returns (status, headers)."""
-    result: dict[str, Any] = {}
+def run_asgi(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes, stall: bool = False
+) -> tuple[int, dict[bytes, bytes], int]:
+    """One request through an ASGI callable; returns (status, headers, body messages the app layer read).
+    ``stall``: the body's first chunk arrives, the rest never does."""
+    result: dict[str, Any] = {"received": 0}
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
 
     async def go() -> None:
         async def receive() -> dict[str, Any]:
+            if stall and result["received"]:
+                await asyncio.sleep(3600)
+            result["received"] += 1
             chunk = chunks.pop(0) if chunks else b""
-            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks) or stall}
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -225,34 +231,64 @@ def run_asgi(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: byte
         await app(scope, receive, send)
 
     asyncio.run(go())
-    return result["status"], result["headers"]
+    return result["status"], result["headers"], result["received"]
+
+
+async def answer_ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def test_limits_refuse_over_size_and_over_budget_requests() -> None:
-    gate = asyncio.Event()
     entered: list[str] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         entered.append(scope["path"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await answer_ok(scope, receive, send)
 
     limits = RequestLimits(max_body_bytes=1000, max_inflight_bytes=1500, max_concurrent=2)
     guarded = limits.middleware(app)
-    status, headers = run_asgi(guarded, "/v1/predict", [(b"content-length", b"5000")], b"x" * 5000)
-    assert status == 413 and entered == []  # refused before the application saw it
-    status, _ = run_asgi(guarded, "/v1/predict", [(b"content-length", b"abc")], b"")
+    status, headers, received = run_asgi(guarded, "/v1/predict", [(b"content-length", b"5000")], b"x" * 5000)
+    assert (status, received, entered) == (413, 0, [])  # answered before a byte of the body was read
+    assert headers[b"connection"] == b"close"  # the unread body cannot be followed by another request
+    status, _, _ = run_asgi(guarded, "/v1/predict", [(b"content-length", b"abc")], b"")
     assert status == 400
+    status, _, _ = run_asgi(guarded, "/v1/predict", [], b"x" * 1500)  # chunked, over the limit while read
+    assert status == 413 and entered == []
     limits.inflight_bytes = 1000  # another request holds 1000 bytes
-    status, headers = run_asgi(guarded, "/v1/predict", [(b"content-length", b"800")], b"x" * 800)
-    assert status == 503 and headers[b"retry-after"] == b"1"
+    status, headers, received = run_asgi(guarded, "/v1/predict", [(b"content-length", b"800")], b"x" * 800)
+    assert status == 503 and headers[b"retry-after"] == b"1" and received == 0
     limits.inflight_bytes, limits.inflight_requests = 0, 2  # two requests in progress
     assert run_asgi(guarded, "/v1/predict", [(b"content-length", b"10")], b"x" * 10)[0] == 503
     assert run_asgi(guarded, "/health/live", [], b"")[0] == 200  # probes are never limited
     limits.inflight_requests = 0
     assert run_asgi(guarded, "/v1/predict", [(b"content-length", b"10")], b"x" * 10)[0] == 200
     assert (limits.inflight_requests, limits.inflight_bytes) == (0, 0)  # released after the answer
-    del gate
+
+
+def test_a_slow_body_is_answered_408_and_never_holds_a_slot() -> None:
+    """A body still arriving counts against the bytes held, not the requests in progress; at its deadline: 408."""
+    limits = RequestLimits(max_body_bytes=1000, max_inflight_bytes=10_000, max_concurrent=1, body_timeout_s=0.5)
+    guarded = limits.middleware(answer_ok)
+    seen: dict[str, Any] = {}
+
+    async def both() -> None:
+        slow = asyncio.create_task(asyncio.to_thread(run_asgi, guarded, "/v1/predict", [(b"content-length", b"900")],
+                                                     b"x" * 900, True))  # fmt: skip
+        await asyncio.sleep(0.2)  # the slow body has started and stalled
+        seen["during"] = (limits.inflight_requests, limits.inflight_bytes)
+        fast = await asyncio.to_thread(run_asgi, guarded, "/v1/predict", [(b"content-length", b"10")], b"x" * 10)
+        seen["fast"] = fast[0]
+        seen["slow"] = await slow
+
+    began = time.monotonic()
+    asyncio.run(both())
+    assert seen["during"] == (0, 900)  # its bytes are reserved; it holds no slot of the one allowed
+    assert seen["fast"] == 200  # so a request whose body has arrived is answered meanwhile
+    status, headers, _ = seen["slow"]
+    assert status == 408 and headers[b"connection"] == b"close"
+    assert 0.5 <= time.monotonic() - began < 5
+    assert (limits.inflight_requests, limits.inflight_bytes) == (0, 0)
 
 
 def test_body_limit_follows_the_batch_limit(model: tuple[Path, Any], tmp_path: Path) -> None:
@@ -269,3 +305,28 @@ def test_body_limit_follows_the_batch_limit(model: tuple[Path, Any], tmp_path: P
 def test_record_columns_are_the_schema_fields() -> None:
     """The fuzzed fields above are request fields: a typo here would make the property test vacuous."""
     assert set(STRING_FIELDS) <= set(RECORD_COLUMNS) and len(STRING_FIELDS) > 20
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/explain", "/v1/predict/batch", "/v1/explain/batch"])
+def test_a_body_that_is_not_declared_json_is_answered_415(hardened: TestClient[Any], path: str) -> None:
+    body = json.dumps({"records": [EXAMPLE_RECORD]} if path.endswith("batch") else EXAMPLE_RECORD).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1",
+                         "application/jsonp", "application/json; boundary=x", None):  # fmt: skip
+        headers = {} if content_type is None else {"content-type": content_type}
+        response = hardened.post(path, content=body, headers=headers)
+        assert response.status_code == 415, (content_type, response.status_code)
+        answer = response.json()
+        assert set(answer) == {"status_code", "detail", "errors"} and answer["status_code"] == 415
+        assert answer["errors"][0]["field"] == "Content-Type" and "application/json" in answer["detail"]
+    for content_type in ("application/json", "Application/JSON; charset=UTF-8", 'application/json;charset="utf-8"'):
+        assert hardened.post(path, content=body, headers={"content-type": content_type}).status_code == 200
+
+
+def test_the_query_string_is_never_repeated_in_an_error(hardened: TestClient[Any]) -> None:
+    query = "Q" * 60_000
+    response = hardened.get(f"/v1/model/card?format={query}")
+    assert response.status_code == 400 and len(response.content) < 1024, len(response.content)
+    assert "QQQQQQQQ" not in response.text
+    assert response.json()["errors"] == [
+        {"field": "format", "message": "not one of the allowed values (the schema lists them)"}
+    ]
