@@ -319,10 +319,10 @@ def load_model(uri: str, expected_digest: str | None = None) -> LoadedModel:
     when given. Nothing is written where the files are stored.
     """
     name = version = alias = run_id = None
-    client = MlflowClient()
     with tempfile.TemporaryDirectory(prefix="healthpredict-load-") as scratch:
         if uri.startswith("models:/") and not LOGGED_MODEL_URI.fullmatch(uri):
             name, version, alias = parse_models_uri(uri)
+            client = MlflowClient()
             try:
                 mv = (
                     client.get_model_version_by_alias(name, alias)
