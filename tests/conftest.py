@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -53,13 +55,42 @@ def require_executable(name: str, install_hint: str) -> str:
     return path
 
 
+#: MLflow's process-wide choices that outlive a test: the tracking and registry URIs and the active experiment.
+MLFLOW_GLOBALS = (
+    ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+    ("mlflow.tracking.fluent", "_active_experiment_id"),
+)
+
+
+@contextlib.contextmanager
+def restored_process_state() -> Iterator[None]:
+    """Put back the environment and MLflow's process-wide URIs and experiment as they were on entry."""
+    saved_env = dict(os.environ)
+    saved = {(m, a): getattr(sys.modules[m], a) for m, a in MLFLOW_GLOBALS if m in sys.modules}
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for module, attribute in MLFLOW_GLOBALS:
+            if module in sys.modules:
+                setattr(sys.modules[module], attribute, saved.get((module, attribute)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def isolated_module() -> Iterator[None]:
+    """No module sees another's MLflow server, store or experiment (module fixtures set them for their tests)."""
+    with restored_process_state():
+        yield
+
+
 @pytest.fixture(autouse=True)
-def isolated_environment() -> Iterator[None]:
-    """Give every test the environment it started with (MLflow, for one, exports its tracking URI)."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+def isolated_environment(isolated_module: None) -> Iterator[None]:
+    """Give every test the environment and MLflow URIs it started with (MLflow exports its tracking URI, and keeps
+    the registry URI and the active experiment in the process)."""
+    with restored_process_state():
+        yield
 
 
 def make_settings(home: Path, **env: str) -> Settings:
