@@ -238,7 +238,8 @@ def test_failed_reload_keeps_the_old_model_and_reports_it(server: str, registry:
     result = reload.json()
     assert (result["reloaded"], result["version"]) == (False, serving)
     assert result["detail"].startswith(f"reload failed, still serving {serving}: RegistryError: ")
-    assert "model.sha256 mismatch" in result["detail"]
+    assert "files differ from their record (model.sha256 of registered version" in result["detail"]
+    assert "changed file model.skops" in result["detail"]
     set_champion(registry.settings, serving)
 
 
