@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,13 @@ def record_tags(manifest: Mapping[str, str]) -> dict[str, str]:
     return {DIGEST_TAG: manifest_digest(manifest), FILES_TAG: json.dumps(dict(manifest), sort_keys=True)}
 
 
+@dataclass(frozen=True)
 class FileRecord:
     """The digest a model's files must match, from a store the artifact store cannot write, and what holds it."""
 
-    def __init__(self, digest: str, holder: str, files: Mapping[str, str] | None = None) -> None:
-        self.digest, self.holder, self.files = digest, holder, files
+    digest: str
+    holder: str
+    files: Mapping[str, str] | None = None
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str], holder: str) -> FileRecord | None:
@@ -224,11 +227,13 @@ def find_record(folder: Path, pinned: str | None = None) -> FileRecord:
     )
 
 
+@dataclass(frozen=True)
 class OpenedModel:
     """What a verified model folder holds: the pipeline, the MLmodel and the model card's files."""
 
-    def __init__(self, pipeline: Pipeline, info: Any, card: dict[str, bytes]) -> None:
-        self.pipeline, self.info, self.card = pipeline, info, card
+    pipeline: Pipeline
+    info: Any
+    card: dict[str, bytes]
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -54,7 +54,6 @@ CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 #: ``models:/<model id>``: a logged model by its id (MLflow 3), not a registered model's name.
 LOGGED_MODEL_URI = re.compile(r"models:/m-[0-9a-f]{32}")
-__all__ = ["DIGEST_TAG", "REGISTRY_METADATA_FILE", "artifact_digest"]  # re-exported: the record's names
 
 
 class RegistryError(RuntimeError):
