@@ -238,6 +238,24 @@ def real_split_home(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -
     return home
 
 
+def register_logreg(settings: Settings, c: float = 0.05, tags: dict[str, str] | None = None) -> str:
+    """A logistic regression fitted on the split's train part (the same model for the same ``c``), logged and
+    registered as the challenger the way training does it; returns its version."""
+    import mlflow
+
+    from healthpredict.features import model_inputs
+    from healthpredict.modeling import build_pipeline
+    from healthpredict.registry import log_pipeline, register_challenger
+    from healthpredict.schema import TARGET_COLUMN
+    from healthpredict.split import SplitReader
+
+    train = SplitReader(settings).read("train")
+    pipeline = build_pipeline("logreg", {"C": c}, seed=0).fit(model_inputs(train), train[TARGET_COLUMN])
+    with mlflow.start_run():
+        info = log_pipeline(pipeline, train, {"threshold": 0.45, "family": "logreg"})
+    return str(register_challenger(settings, info.model_uri, tags or {}).version)
+
+
 def training_env(home: Path, split_home: Path, **env: str) -> dict[str, str]:
     """Environment for a small, fast training run that reads an existing split and tracks under ``home``."""
     return {

@@ -43,6 +43,24 @@ RUNNER = textwrap.dedent(
 )
 
 
+def folder_listing(folder: Path) -> list[str]:
+    """Every file and folder under a model folder, by relative path."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def model_files(folder: Path) -> dict[str, bytes]:
+    """Every file of a model folder and its bytes, but ``registered_model_meta``: MLflow's own loader rewrites it in
+    a local store (the name and version it loaded the files as, nulls for ``runs:/``), its note of the last load,
+    outside the digest and never trusted (docs/SERVICE.md, "Model trust")."""
+    from healthpredict.model_format import REGISTRY_METADATA_FILE
+
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() != REGISTRY_METADATA_FILE
+    }
+
+
 def bytecode_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment without MLflow/HealthPredict settings and with bytecode writing on, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}

@@ -18,18 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
-from conftest import PROJECT_ROOT, free_port, make_settings, stop_process, training_env, wait_for_http
+from conftest import PROJECT_ROOT, free_port, make_settings, register_logreg, stop_process, training_env, wait_for_http
 from mlflow import MlflowClient
 
 from healthpredict.deploy import ChampionLockError, champion_lock
 from healthpredict.deploy.lock import lock_name
-from healthpredict.features import model_inputs
-from healthpredict.modeling import build_pipeline
-from healthpredict.registry import CHAMPION, configure_tracking, log_pipeline, register_challenger
-from healthpredict.settings import Settings
-from healthpredict.split import SplitReader
+from healthpredict.registry import CHAMPION, configure_tracking
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +58,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     finally:
         stop_process(server, timeout=30)
         log.close()
-
-
-def register_logreg(settings: Settings) -> str:
-    """A small real model, registered as the challenger; every call fits the same one (the gate passes)."""
-    train = SplitReader(settings).read("train")
-    pipeline = build_pipeline("logreg", {"C": 0.05}, seed=0).fit(model_inputs(train), train["readmitted_binary"])
-    with mlflow.start_run():
-        info = log_pipeline(pipeline, train, {"threshold": 0.45, "family": "logreg"})
-    return str(register_challenger(settings, info.model_uri, {"family": "logreg"}).version)
 
 
 def run_deployments(api: str, runs: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -135,10 +121,10 @@ def test_two_deployments_move_champion_one_after_the_other(
     tracking = f"sqlite:///{tmp_path / 'registry.db'}"
     settings = make_settings(tmp_path / "registry-home", **registry, MLFLOW_TRACKING_URI=tracking)
     configure_tracking(settings)
-    first = register_logreg(settings)
+    first = register_logreg(settings, tags={"family": "logreg"})
     MlflowClient().set_registered_model_alias(settings.tracking.model_name, CHAMPION, first)
-    deployed = register_logreg(settings)  # deploy/local rolls this one out
-    challenger = register_logreg(settings)  # promote gates and rolls out this one
+    deployed = register_logreg(settings, tags={"family": "logreg"})  # deploy/local rolls this one out
+    challenger = register_logreg(settings, tags={"family": "logreg"})  # promote gates and rolls out this one
 
     # Created before the worker starts, so that it picks both up in one poll and starts them together.
     flow_env = {name: {"HEALTHPREDICT_HOME": str(tmp_path / f"home-{name}")} for name in ("promote", "deploy")}

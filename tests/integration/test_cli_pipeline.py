@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port, stop_process, wait_for_http
-from model_routes import bytecode_environment, load_by_every_route
+from model_routes import bytecode_environment, folder_listing, load_by_every_route, model_files
 
 pytestmark = pytest.mark.integration
 HEALTHPREDICT = str(Path(sys.executable).with_name("healthpredict"))
@@ -52,22 +52,13 @@ def test_pipeline_command_serves_the_champion(main_job: dict[str, Any]) -> None:
     assert "'model_version': '1'" in out and "'probability': " in out
 
 
-def model_files(folder: Path) -> dict[str, bytes]:
-    """Every file of the champion's folder, but MLflow's note of how it was last loaded (docs/SERVICE.md)."""
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "registered_model_meta"
-    }
-
-
 def test_loading_the_champion_every_way_leaves_it_loadable(main_job: dict[str, Any]) -> None:
     assert main_job["done"].returncode == 0, "the main job failed (see the test above)"
     home, work = main_job["home"], main_job["work"]
     tracking = f"sqlite:///{home / 'mlflow.db'}"
     [folder] = [p.parent for p in (home / "mlartifacts").rglob("MLmodel")]
     before = model_files(folder)
-    listing = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    listing = folder_listing(folder)
     assert not [name for name in before if name.startswith("code/") or "__pycache__" in name]
 
     outcomes = load_by_every_route(["models:/health-predict@champion", "models:/health-predict/1"], tracking, work)
@@ -88,7 +79,7 @@ def test_loading_the_champion_every_way_leaves_it_loadable(main_job: dict[str, A
         finally:
             stop_process(server)
 
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == listing
+    assert folder_listing(folder) == listing
     assert model_files(folder) == before
 
     # every command still loads the champion: `healthpredict serve` becomes ready on it, `predict` scores with it

@@ -6,36 +6,22 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import mlflow
 import pytest
-from conftest import free_port, stop_process, training_env
+from conftest import free_port, register_logreg, stop_process, training_env
 from mlflow import MlflowClient
 
 from healthpredict.deploy import DeploymentError, deploy_version
 from healthpredict.deploy.local import start_service, wait_ready
 from healthpredict.deploy.verify import http_json, smoke_records, to_request_records
-from healthpredict.features import model_inputs
-from healthpredict.modeling import build_pipeline
 from healthpredict.registry import (
     CHAMPION,
     configure_tracking,
-    log_pipeline,
-    register_challenger,
     version_by_alias,
 )
 from healthpredict.settings import Settings
-from healthpredict.split import SplitReader
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-reload-token"
-
-
-def register_logreg(settings: Settings, c: float) -> str:
-    train = SplitReader(settings).read("train")
-    pipeline = build_pipeline("logreg", {"C": c}, seed=0).fit(model_inputs(train), train["readmitted_binary"])
-    with mlflow.start_run():
-        info = log_pipeline(pipeline, train, {"threshold": 0.45, "family": "logreg"})
-    return str(register_challenger(settings, info.model_uri, {"family": "logreg"}).version)
 
 
 def corrupt_artifact(settings: Settings, version: str) -> None:
@@ -61,7 +47,7 @@ def test_local_target_promotes_switches_and_rolls_back(
     configure_tracking(settings)
 
     # 1. first deployment: no running service yet, champion moves after the candidate is verified
-    first = register_logreg(settings, 0.05)
+    first = register_logreg(settings, 0.05, {"family": "logreg"})
     report = deploy_version(settings, first)
     assert str(version_by_alias(settings, CHAMPION).version) == first  # type: ignore[union-attr]
     assert tags(settings, first)["deployment"] == "succeeded"
@@ -89,7 +75,7 @@ def test_local_target_promotes_switches_and_rolls_back(
         worker.start()
         monkeypatch.setenv("HEALTHPREDICT_SERVICE_URL", url)
         settings = Settings.from_env()
-        second = register_logreg(settings, 0.5)
+        second = register_logreg(settings, 0.5, {"family": "logreg"})
         report = deploy_version(settings, second)
         time.sleep(1.0)
         assert str(version_by_alias(settings, CHAMPION).version) == second  # type: ignore[union-attr]
@@ -97,7 +83,7 @@ def test_local_target_promotes_switches_and_rolls_back(
         assert any("reloaded and serves version" in step for step in report.steps)
 
         # 3. a broken candidate: verification fails, nothing moves, the running service keeps answering
-        third = register_logreg(settings, 1.0)
+        third = register_logreg(settings, 1.0, {"family": "logreg"})
         corrupt_artifact(settings, third)
         with pytest.raises(DeploymentError, match=f"deployment of version {third} failed, champion unchanged"):
             deploy_version(settings, third)

@@ -5,9 +5,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
-from conftest import create_bucket, free_port, make_settings, training_env
+from conftest import create_bucket, free_port, make_settings, register_logreg, training_env
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect.client.orchestration import get_client
@@ -19,9 +18,7 @@ from flows.promote import promote
 from flows.split import fetch_raw, split, split_data
 from flows.train import train
 from healthpredict.deploy import DeploymentError
-from healthpredict.features import model_inputs
-from healthpredict.modeling import build_pipeline
-from healthpredict.registry import CHAMPION, configure_tracking, log_pipeline, register_challenger, version_by_alias
+from healthpredict.registry import CHAMPION, configure_tracking, version_by_alias
 from healthpredict.settings import Settings
 from healthpredict.split import SplitError, SplitReader
 
@@ -133,15 +130,6 @@ def test_s3_artifact_store_without_blocks_says_how_to_create_them(
         result_storage(Settings.from_env())
 
 
-def register_logreg(settings: Settings) -> str:
-    """A small real model, registered as the challenger; every call fits the same one."""
-    train = SplitReader(settings).read("train")
-    pipeline = build_pipeline("logreg", {"C": 0.05}, seed=0).fit(model_inputs(train), train["readmitted_binary"])
-    with mlflow.start_run():
-        info = log_pipeline(pipeline, train, {"threshold": 0.45, "family": "logreg"})
-    return str(register_challenger(settings, info.model_uri, {"family": "logreg"}).version)
-
-
 def test_a_failed_deployment_is_not_retried_when_its_undo_and_its_record_fail_too(
     real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -155,9 +143,9 @@ def test_a_failed_deployment_is_not_retried_when_its_undo_and_its_record_fail_to
     ))  # fmt: skip
     settings = Settings.from_env()
     configure_tracking(settings)
-    first = register_logreg(settings)
+    first = register_logreg(settings, tags={"family": "logreg"})
     MlflowClient().set_registered_model_alias(settings.tracking.model_name, CHAMPION, first)
-    second = register_logreg(settings)
+    second = register_logreg(settings, tags={"family": "logreg"})
     recorded: list[dict[str, str]] = []
     real = deploy.tag_version
 

@@ -13,17 +13,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
-from conftest import make_settings
+from conftest import make_settings, register_logreg
 
-from healthpredict.features import model_inputs
-from healthpredict.modeling import build_pipeline
-from healthpredict.registry import configure_tracking, log_pipeline, register_challenger, set_champion
-from healthpredict.schema import TARGET_COLUMN
+from healthpredict.registry import configure_tracking, set_champion
 from healthpredict.settings import TELEMETRY_OFF_ENVIRONMENT
-from healthpredict.split import SplitReader
 
 pytestmark = pytest.mark.integration
 
@@ -104,11 +99,7 @@ def champion_home(real_split_home: Path, tmp_path_factory: pytest.TempPathFactor
     home = tmp_path_factory.mktemp("egress-home")
     settings = make_settings(home, HEALTHPREDICT_ARTIFACT_URI=str(real_split_home / "artifacts"))
     configure_tracking(settings)
-    train = SplitReader(settings).read("train")
-    pipeline = build_pipeline("logreg", {"C": 0.1}, seed=0).fit(model_inputs(train), train[TARGET_COLUMN])
-    with mlflow.start_run():
-        info = log_pipeline(pipeline, train, {"threshold": 0.45, "family": "logreg"})
-    set_champion(settings, str(register_challenger(settings, info.model_uri, {}).version))
+    set_champion(settings, register_logreg(settings, 0.1))
     return home
 
 

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from conftest import make_settings
 from mlflow import MlflowClient
-from model_routes import load_by_every_route
+from model_routes import folder_listing, load_by_every_route, model_files
 
-from healthpredict.registry import CHAMPION, REGISTRY_METADATA_FILE, configure_tracking, set_champion
+from healthpredict.registry import CHAMPION, configure_tracking, set_champion
 from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -148,21 +148,14 @@ TAMPERINGS = {
 
 
 def test_every_route_loads_the_untouched_model_and_leaves_its_files_alone(world: dict[str, Any]) -> None:
-    before = sorted(p.relative_to(world["folder"]).as_posix() for p in world["folder"].rglob("*"))
-    # MLflow's own loader rewrites registered_model_meta in a local store (the name and version it loaded the files
-    # as, nulls for runs:/): its note of the last load, outside the digest and never trusted; every model file stays.
-    contents = {
-        name: (world["folder"] / name).read_bytes()
-        for name in before
-        if (world["folder"] / name).is_file() and name != REGISTRY_METADATA_FILE
-    }
+    before, contents = folder_listing(world["folder"]), model_files(world["folder"])
     outcomes = run_routes(world, download(world))
     assert set(outcomes.values()) == {"loaded"}, outcomes
     assert len(outcomes) == 10
-    after = sorted(p.relative_to(world["folder"]).as_posix() for p in world["folder"].rglob("*"))
-    assert after == before  # no __pycache__, nothing added: no code was imported from the store
-    changed = [name for name in contents if (world["folder"] / name).read_bytes() != contents[name]]
-    assert not changed, {name: (world["folder"] / name).read_bytes()[:200] for name in changed}
+    assert folder_listing(world["folder"]) == before  # no __pycache__, nothing added: no code imported from the store
+    after = model_files(world["folder"])
+    changed = [name for name in contents if after.get(name) != contents[name]]
+    assert not changed, {name: after.get(name, b"")[:200] for name in changed}
 
 
 @pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
