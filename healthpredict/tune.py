@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -180,14 +181,55 @@ def ray_session(settings: Settings) -> Iterator[None]:
     address = settings.training.ray_address
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
-        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    with tempfile.TemporaryDirectory(prefix="healthpredict-ray-api-") as api_home:
+        (Path(api_home) / "ray_bootstrap_config.yaml").write_text("{}\n")
+        with _api_server_home(api_home):
+            ray.init(
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _api_server_home(home: str) -> Iterator[None]:
+    """While the local cluster starts, give its API server (and only it) ``home`` as ``HOME``.
+
+    Ray starts its API server even with ``include_dashboard=False``; its usage-stats module then asks
+    169.254.169.254 and metadata.google.internal which cloud it runs on, before it reads
+    ``RAY_USAGE_STATS_ENABLED=0``, unless ``~/ray_bootstrap_config.yaml`` (an autoscaler's cluster config)
+    exists. ``home`` holds an empty one and lives as long as the cluster. The driver, the raylet and the trial
+    workers keep the user's ``HOME``. A cluster given by ``RAY_ADDRESS`` is the operator's, started by
+    ``ray start`` (docs/DEPLOY.md, on telemetry).
+    """
+    from ray._private import ray_constants, services
+
+    start_ray_process = getattr(services, "start_ray_process", None)
+    if start_ray_process is None:  # a Ray whose internals moved: tests/integration/test_no_egress.py fails
+        log.debug("ray._private.services.start_ray_process not found; Ray's API server keeps the user's HOME")
+        yield
+        return
+
+    def start(command: list[str], process_type: str, *args: Any, **kwargs: Any) -> Any:
+        if process_type == ray_constants.PROCESS_TYPE_DASHBOARD:
+            kwargs["env_updates"] = {**(kwargs.get("env_updates") or {}), "HOME": home}
+        return start_ray_process(command, process_type, *args, **kwargs)
+
+    services.start_ray_process = start
     try:
         yield
     finally:
-        ray.shutdown()
+        services.start_ray_process = start_ray_process
 
 
 def run_search(

@@ -28,8 +28,8 @@ AWS_FILE = REPO / "docker-compose.aws.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 
 STACK = {"preflight", "postgres", "mlflow", "prefect-server", "init", "prefect-worker", "service"}
-LOCAL_STORAGE = {"minio", "minio-init"}
-ONE_SHOT = {"preflight", "init", "minio-init"}
+LOCAL_STORAGE = {"minio-volume", "minio", "minio-init"}
+ONE_SHOT = {"preflight", "init", "minio-volume", "minio-init"}
 CONTROL_PLANE = {"postgres", "prefect-server", "init", "prefect-worker"}
 REQUIRED_VARS = {
     "POSTGRES_USER", "POSTGRES_PASSWORD", "HEALTHPREDICT_BUCKET", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVICE_PASSWORD",
@@ -210,7 +210,9 @@ def test_networks_separate_the_api_from_the_control_plane(services: dict[str, An
     for name in CONTROL_PLANE:
         assert networks[name] == {"control"}, name
     for name, svc in load(MINIO_FILE)["services"].items():
-        if name in LOCAL_STORAGE:
+        if name == "minio-volume":
+            assert svc["network_mode"] == "none", "the volume's owner change reaches nothing"
+        elif name in LOCAL_STORAGE:
             assert set(svc["networks"]) == {"control"}, name
 
 
@@ -354,7 +356,8 @@ def _hardened(svc: dict[str, Any]) -> bool:
 @pytest.mark.parametrize("local_images", [False, True], ids=["published-images", "local-images"])
 def test_every_container_runs_without_capabilities_and_as_a_non_root_user(tmp_path: Path, local_images: bool) -> None:
     """Rendered as compose runs it: no capability, no privilege escalation, and a non-root user for every service
-    of the stack. MinIO and its client are root without capabilities (their named volume is created root-owned).
+    of the stack. The one exception is the one-shot `minio-volume`, root with CHOWN and DAC_READ_SEARCH only and no
+    network, which hands MinIO's root-owned named volume to MinIO's user before MinIO starts.
     """
     env_file = tmp_path / "test.env"
     env_file.write_text(ENV_EXAMPLE.read_text())
@@ -365,8 +368,17 @@ def test_every_container_runs_without_capabilities_and_as_a_non_root_user(tmp_pa
     assert set(resolved) == STACK | LOCAL_STORAGE | MONITORING
     for name, svc in resolved.items():
         assert _hardened(svc), f"{name}: cap_drop [ALL] and no-new-privileges:true"
-        if name not in LOCAL_STORAGE | MONITORING:  # the monitoring images' own users are non-root
+        if name == "minio-volume":
+            assert sorted(svc["cap_add"]) == ["CHOWN", "DAC_READ_SEARCH"] and svc["network_mode"] == "none"
+            assert svc["restart"] == "no" and str(svc["volumes"][0]).endswith(":/data:rw")
+        elif name not in MONITORING:  # the monitoring images' own users are non-root
             assert str(svc.get("user", "")).split(":")[0] not in ("", "0", "root"), f"{name} runs as root"
+            assert not svc.get("cap_add"), f"{name} adds a capability"
+    owner = " ".join(resolved["minio-volume"]["entrypoint"])
+    assert "chown -h 10001:10001" in owner
+    if not local_images:  # MinIO's data belong to the user MinIO runs as
+        assert resolved["minio"]["user"] == "10001:10001"
+        assert {"minio-volume", "preflight"} <= set(_depends(resolved["minio"]))
     assert resolved["postgres"]["user"] == "postgres"
     assert not resolved["postgres"].get("cap_add"), "postgres runs as its own user: it needs no capability"
     if local_images:
