@@ -7,6 +7,7 @@ refused before anything is deserialised, and the service keeps serving the model
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
 from healthpredict.features import MODEL_INPUT_COLUMNS
-from healthpredict.model_format import TRUSTED_MODEL_TYPES
+from healthpredict.model_format import REGISTRY_METADATA_FILE, TRUSTED_MODEL_TYPES
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import (
     CHAMPION,
@@ -167,3 +168,45 @@ def test_a_planted_type_never_runs_and_the_service_keeps_its_model(
         assert "not trusted" in client.get("/v1/model").json()["last_reload_error"]
     assert not (tmp_path / "planted-code-ran").exists()
     assert str(MlflowClient().get_model_version_by_alias(settings.tracking.model_name, CHAMPION).version) == planted
+
+
+def test_every_file_of_the_model_folder_is_covered_by_the_record(settings: Settings) -> None:
+    """Whatever file of a registered version changes, disappears or appears, in any folder of it (the card's
+    included), loading is refused and the file is named; only MLflow's registry metadata is outside the record."""
+    frame, _ = training_frame()
+    card = {"card.md": b"# Model card\n", "audit.png": bytes(range(256))}
+    with mlflow.start_run():
+        info = log_pipeline(fitted(), frame, {"threshold": 0.5, "family": "logreg"}, card=card)
+    version = str(register_challenger(settings, info.model_uri, {}).version)
+    folder = artifact_folder(settings, version)
+    uri = f"models:/{settings.tracking.model_name}/{version}"
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    files = [name for name in files if name != REGISTRY_METADATA_FILE]
+    assert "MLmodel" in files and "model.skops" in files and any(f.startswith("card/") for f in files)
+    folders = sorted({str(Path(f).parent) for f in files})
+    for name in files:
+        path = folder / name
+        original = path.read_bytes()
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]) if original else b"\0")
+        try:
+            with pytest.raises(RegistryError, match=rf"changed file {re.escape(name)}\b"):
+                load_model(uri)
+        finally:
+            path.write_bytes(original)
+        path.rename(path.with_name(path.name + ".moved"))
+        try:
+            with pytest.raises(RegistryError, match=rf"missing file {re.escape(name)}\b"):
+                load_model(uri)
+        finally:
+            path.with_name(path.name + ".moved").rename(path)
+    for parent in folders:
+        extra = folder / parent / "extra.txt"
+        extra.write_text("not part of the model")
+        try:
+            with pytest.raises(
+                RegistryError, match=rf"unexpected file {re.escape(extra.relative_to(folder).as_posix())}"
+            ):
+                load_model(uri)
+        finally:
+            extra.unlink()
+    assert load_model(uri).version == version  # restored: loads again
