@@ -1,8 +1,10 @@
 """The `local` deployment target end to end: verified promotion, a switch under load, a broken candidate."""
 
+import json
 import os
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,7 +18,10 @@ from healthpredict.deploy.verify import http_json, smoke_records, to_request_rec
 from healthpredict.registry import (
     CHAMPION,
     configure_tracking,
+    load_model,
+    set_champion,
     version_by_alias,
+    version_uri,
 )
 from healthpredict.settings import Settings
 
@@ -99,3 +104,124 @@ def test_local_target_promotes_switches_and_rolls_back(
         stop.set()
         stop_process(running)
         os.environ.pop("HEALTHPREDICT_SERVICE_URL", None)
+
+
+class LyingCandidate:
+    """A candidate in place of ``healthpredict serve``: ready, it reports ``claims`` as its version and answers the
+    smoke records with ``probabilities`` (another model's). Quacks like the Popen the local target stops."""
+
+    def __init__(self, port: int, claims: str, probabilities: list[float]) -> None:
+        answers = {
+            "/health/ready": {"status": "ready"},
+            "/v1/model": {"name": "health-predict", "version": claims},
+            "/v1/predict/batch": {"predictions": [{"probability": p} for p in probabilities]},
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps(answers[self.path]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.pid, self.returncode = os.getpid(), None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.returncode is None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=10)
+            self.returncode = 0
+
+    kill = terminate
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+
+@pytest.fixture
+def two_versions(real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, str, str]:
+    """Version 1 the verified champion, version 2 a registered challenger (both real logistic regressions)."""
+    for key, value in training_env(tmp_path / "home", real_split_home).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    configure_tracking(settings)
+    first = register_logreg(settings, 0.05, {"family": "logreg"})
+    set_champion(settings, first)
+    return settings, first, register_logreg(settings, 0.5, {"family": "logreg"})
+
+
+@pytest.mark.parametrize("lie", ["another model", "another version"])
+def test_a_candidate_that_serves_another_model_or_version_is_refused_and_nothing_moves(
+    two_versions: tuple[Settings, str, str], lie: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, champion, challenger = two_versions
+    records = smoke_records(settings)
+    probabilities = {
+        v: load_model(version_uri(settings, v)).predict_proba(records).tolist() for v in (champion, challenger)
+    }
+    # Another model: it says it is the challenger but answers as the champion. Another version: the reverse.
+    claims, answers = (challenger, champion) if lie == "another model" else (champion, challenger)
+    candidates: list[LyingCandidate] = []
+
+    def start(settings: Settings, model_uri: str, port: int, log_path: Path) -> LyingCandidate:
+        assert model_uri == version_uri(settings, challenger)
+        candidates.append(LyingCandidate(port, claims, probabilities[answers]))
+        return candidates[-1]
+
+    monkeypatch.setattr("healthpredict.deploy.local.start_service", start)
+    refusal = (
+        "smoke predictions differ from the offline model"
+        if lie == "another model"
+        else (f"serves version {champion}, expected {challenger}")
+    )
+    with pytest.raises(DeploymentError, match=refusal):
+        deploy_version(settings, challenger)
+    assert str(version_by_alias(settings, CHAMPION).version) == champion  # type: ignore[union-attr]
+    assert tags(settings, challenger)["deployment"] == "failed"
+    assert [c.poll() for c in candidates] == [0], "the candidate was stopped"
+
+
+def test_a_live_service_that_serves_another_model_is_refused_and_the_rollout_undone(
+    two_versions: tuple[Settings, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubernetes target (a fake API server, the real verification): the Service answers with the version
+    rolled out but the champion's predictions, so the rollout is patched back and the champion stays."""
+    from fake_kubernetes import OLD_IMAGE, OLD_URI, FakeApi, FakeClock
+
+    from healthpredict.deploy.kubernetes import KubernetesTarget
+    from healthpredict.settings import KubernetesSettings
+
+    settings, champion, challenger = two_versions
+    records = smoke_records(settings)
+    lying = LyingCandidate(
+        free_port(), challenger, load_model(version_uri(settings, champion)).predict_proba(records).tolist()
+    )
+    try:
+        url = f"http://127.0.0.1:{lying.server.server_address[1]}"
+        api, clock = FakeApi(), FakeClock()
+        target = KubernetesTarget(
+            settings, api, "healthpredict-service:9-0123456789ab",
+            kube=KubernetesSettings(service_url=url, verify_samples=3), clock=clock, sleep=clock.sleep,
+        )  # fmt: skip
+        with pytest.raises(DeploymentError, match="smoke predictions differ from the offline model"):
+            deploy_version(settings, challenger, target)
+    finally:
+        lying.terminate()
+    assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI), "the rollout was undone"
+    assert str(version_by_alias(settings, CHAMPION).version) == champion  # type: ignore[union-attr]
+    assert tags(settings, challenger)["deployment"] == "failed"
