@@ -132,26 +132,31 @@ def drift_registry(result: DriftResult, auc_drop_tolerance: float) -> CollectorR
 
 
 def decision_registry(record: BatchDecision, drift: DriftResult, auc_drop_tolerance: float) -> CollectorRegistry:
-    """The improvement loop's batch: its drift and performance plus the decision and the AUC curves, and the
-    realised AUC of the batch whose labels arrived with it (when that is an earlier batch)."""
+    """The improvement loop's batch: its drift and performance plus the decision and the AUC after a retrain, and
+    what the labels that arrived with it tell: the realised AUC of their batch (when that is an earlier batch) and
+    the frozen initial model's AUC on it. Nothing here reads the arriving batch's own labels unless they came
+    with it (``HEALTHPREDICT_LABEL_DELAY_BATCHES=0``)."""
     if drift.batch is None:
         drift = replace(drift, batch=record.batch)
     gauges = _drift_gauges(drift, auc_drop_tolerance)
     labels = _labels(drift)
     values = {
         "healthpredict_improvement_retrained": float(record.retrained),
-        "healthpredict_batch_frozen_roc_auc": record.frozen_auc,
         "healthpredict_batch_auc_after": record.auc_after,
     }
     for name, value in values.items():
         gauges.set(name, labels, value)
     decision = {**labels, "decision": record.decision, "champion_after": record.champion_after}
     gauges.set("healthpredict_improvement_decision", decision, 1.0)
-    if record.labelled_batch and record.labelled_batch != record.batch and record.labelled_auc is not None:
-        late = {"batch": record.labelled_batch, "model_version": record.labelled_version or "unknown"}
-        gauges.set("healthpredict_batch_roc_auc", late, record.labelled_auc)
-        gauges.set("healthpredict_model_test_roc_auc", late, record.labelled_baseline_auc)
-        gauges.set("healthpredict_auc_drop_tolerance", late, auc_drop_tolerance)
+    if record.labelled_batch:
+        arrived = labels if record.labelled_batch == record.batch else {
+            "batch": record.labelled_batch, "model_version": record.labelled_version or "unknown"
+        }  # fmt: skip
+        gauges.set("healthpredict_batch_frozen_roc_auc", arrived, record.labelled_frozen_auc)
+        if arrived is not labels and record.labelled_auc is not None:  # without delay the drift check has it
+            gauges.set("healthpredict_batch_roc_auc", arrived, record.labelled_auc)
+            gauges.set("healthpredict_model_test_roc_auc", arrived, record.labelled_baseline_auc)
+            gauges.set("healthpredict_auc_drop_tolerance", arrived, auc_drop_tolerance)
     return gauges.registry
 
 

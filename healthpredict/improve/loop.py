@@ -110,6 +110,7 @@ class Scored:
     threshold: float
     version: str  # the champion that scored it
     test_auc: float | None  # that champion's test AUC
+    frozen_auc: float | None  # the frozen initial model's AUC on it (evaluation; published once labels arrive)
 
 
 @dataclass
@@ -212,7 +213,9 @@ def score_and_check(
     same = state.frozen.version == champion.version
     frozen_auc = auc_before if same else auc_if_defined(labels, state.frozen.predict_proba(frame))
     baseline_auc = champion_test_auc(champion)
-    state.waiting.append(Scored(name, frame, scores, champion.threshold, str(champion.version), baseline_auc))
+    state.waiting.append(
+        Scored(name, frame, scores, champion.threshold, str(champion.version), baseline_auc, frozen_auc)
+    )
     state.history.append(
         {"batch": name, "rows": len(frame), "drift share": drift.drift_share, "champion": f"v{champion.version}",
          "estimated AUC": drift.estimated_roc_auc, "champion AUC": None, "FNR gap by race": None}
@@ -249,7 +252,7 @@ def labels_arrive(
             entry.update({"champion AUC": auc, "FNR gap by race": gap})
     return replace(
         record, labelled_batch=scored.name, labelled_auc=auc, labelled_version=scored.version,
-        labelled_baseline_auc=scored.test_auc, fnr_gap_race=gap,
+        labelled_baseline_auc=scored.test_auc, labelled_frozen_auc=scored.frozen_auc, fnr_gap_race=gap,
     ), audit  # fmt: skip
 
 

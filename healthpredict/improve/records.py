@@ -44,6 +44,7 @@ class BatchDecision:
     labelled_auc: float | None = None  # the AUC of that batch's scores, the one the decision may use
     labelled_version: str | None = None  # the champion that scored that batch at its arrival
     labelled_baseline_auc: float | None = None  # that champion's test AUC
+    labelled_frozen_auc: float | None = None  # the frozen initial model's AUC on that batch
     fnr_gap_race: float | None = None  # the scoring model's largest FNR gap between races on the labelled batch
 
     @property

@@ -122,6 +122,79 @@ def test_late_labels_are_used_only_once_they_arrive(
     assert tags["batch_02"]["labelled_batch"] == "batch_01" and tags["batch_01"]["labelled_batch"] == ""
 
 
+#: Recorded per batch for the simulation's evaluation (docs/DRIFT.md): the arriving batch's realised AUC of the
+#: champion and of the frozen initial model, computed with labels a live system has only later. Nothing else.
+EVALUATION_ONLY = {"auc_before", "frozen_auc", "run_id"}
+
+
+def test_nothing_published_or_decided_at_arrival_depends_on_the_arriving_labels(
+    real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels one batch late (the default): the loop runs twice over two batches, the second time with batch_02's
+    labels inverted. batch_02's labels have not arrived by the end of either run, so every decision, every gauge
+    pushed to the Pushgateway and every metric and tag of the batch's MLflow run (but the evaluation-only
+    realised AUCs) must be the same."""
+    from prometheus_client import generate_latest
+
+    import healthpredict.improve.loop as loop
+    from healthpredict.monitoring import decision_registry
+
+    settings = settings_for(tmp_path, real_split_home, monkeypatch)
+    register_initial_champion(settings)
+    policy = replace(POLICY, label_delay_batches=1, retrain_drift_share=1.0, retrain_auc_drop=1.0)
+    settings = replace(settings, improvement=policy)
+    pushed: list[str] = []
+
+    def publish(settings: Settings, record: object, drift: object) -> bool:
+        registry = decision_registry(record, drift, settings.improvement.retrain_auc_drop)  # type: ignore[arg-type]
+        pushed.append(generate_latest(registry).decode())
+        return True
+
+    monkeypatch.setattr(loop, "publish_decision", publish)
+
+    def run(experiment: str) -> tuple[list[dict[str, object]], list[str], dict[str, dict[str, object]]]:
+        pushed.clear()
+        result = improve(
+            replace(settings, improvement=replace(policy, experiment=experiment)), ImprovementOptions(batches=2)
+        )
+        decisions = [{k: v for k, v in d.as_record().items() if k not in EVALUATION_ONLY | {"predictions_uri"}}
+                     for d in result.decisions]  # fmt: skip
+        runs = mlflow.search_runs([result.experiment_id], "tags.kind = 'improvement'", output_format="list")
+        logged = {
+            r.data.tags["batch"]: {
+                "metrics": {k: v for k, v in r.data.metrics.items() if k not in EVALUATION_ONLY},
+                "tags": {
+                    k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.") and k != "predictions_uri"
+                },
+            }
+            for r in runs
+        }
+        return decisions, list(pushed), logged
+
+    as_labelled = run("improve-labels-as-they-are")
+    read_batch = loop.read_batch
+
+    def inverted(reader: SplitReader, name: str) -> pd.DataFrame:
+        frame = read_batch(reader, name)
+        if name == "batch_02":
+            frame = frame.assign(**{TARGET_COLUMN: 1 - frame[TARGET_COLUMN]})
+        return frame
+
+    monkeypatch.setattr(loop, "read_batch", inverted)
+    inverted_run = run("improve-labels-inverted")
+
+    (decisions, pushes, logged), (decisions_2, pushes_2, logged_2) = as_labelled, inverted_run
+    assert [d["decision"] for d in decisions] == ["keep", "keep"]
+    assert decisions_2 == decisions
+    assert len(pushes) == 2 and pushes_2 == pushes, "a gauge pushed at batch_02's arrival depends on its labels"
+    assert logged_2 == logged
+    # The comparison has teeth: batch_02's realised AUC, known only to the evaluation, did change.
+    assert mlflow.search_runs(
+        [mlflow.get_experiment_by_name("improve-labels-inverted").experiment_id], "tags.batch = 'batch_02'",
+        output_format="list",
+    )[0].data.metrics["auc_before"] < 0.5  # fmt: skip
+
+
 def test_forced_retrain_deploys_and_records_every_decision(
     real_split_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -196,7 +196,8 @@ def drift(stack: Stack, model: LoadedModel, real_split_home: Path) -> DriftResul
         batch="batch_06", rows=len(batch), decision="refused", reason="drift share over the threshold; gate refused",
         champion_before="1", champion_after="1", drift_share=result.drift_share, dataset_drift=result.dataset_drift,
         auc_before=result.performance.roc_auc, baseline_auc=result.reference_roc_auc,
-        frozen_auc=result.performance.roc_auc,
+        frozen_auc=result.performance.roc_auc, labelled_batch="batch_06",
+        labelled_frozen_auc=result.performance.roc_auc,
         auc_after=auc_if_defined(held_out[TARGET_COLUMN].to_numpy(), model.predict_proba(held_out)),
     )  # fmt: skip
     assert publish_decision(settings, record, replace(result, batch=None)) is True

@@ -150,7 +150,7 @@ def test_improvement_decision_adds_the_decision_and_auc_curves(drifted: DriftRes
     record = BatchDecision(
         batch="batch_03", rows=500, decision="promoted", reason="drift", champion_before="7", champion_after="8",
         drift_share=drifted.drift_share, dataset_drift=drifted.dataset_drift, auc_before=0.66, baseline_auc=0.71,
-        frozen_auc=0.65, auc_after=0.69,
+        frozen_auc=0.65, auc_after=0.69, labelled_batch="batch_03", labelled_frozen_auc=0.65,
     )  # fmt: skip
     found = samples(decision_registry(record, replace(drifted, batch=None), 0.02))
     labels = (("batch", "batch_03"), ("model_version", "7"))
@@ -167,7 +167,7 @@ def test_labels_that_arrive_late_are_pushed_under_their_own_batch(drifted: Drift
         batch="batch_04", rows=500, decision="keep", reason="", champion_before="8", champion_after="8",
         drift_share=drifted.drift_share, dataset_drift=drifted.dataset_drift, auc_before=0.66, baseline_auc=0.72,
         frozen_auc=0.65, estimated_auc=0.70, labelled_batch="batch_03", labelled_auc=0.64, labelled_version="7",
-        labelled_baseline_auc=0.71,
+        labelled_baseline_auc=0.71, labelled_frozen_auc=0.63,
     )  # fmt: skip
     unlabelled = replace(drifted, batch=None, performance=None)
     found = samples(decision_registry(record, unlabelled, 0.02))
@@ -175,7 +175,9 @@ def test_labels_that_arrive_late_are_pushed_under_their_own_batch(drifted: Drift
     assert found[("healthpredict_batch_roc_auc", late)] == 0.64
     assert found[("healthpredict_model_test_roc_auc", late)] == 0.71
     assert found[("healthpredict_auc_drop_tolerance", late)] == 0.02
-    assert not [key for key in found if key[0] == "healthpredict_batch_roc_auc" and ("batch", "batch_04") in key[1]]
+    assert found[("healthpredict_batch_frozen_roc_auc", late)] == 0.63
+    for name in ("healthpredict_batch_roc_auc", "healthpredict_batch_frozen_roc_auc"):  # batch_04's labels: later
+        assert not [key for key in found if key[0] == name and ("batch", "batch_04") in key[1]], name
     # No delay: the batch's labels came with it, and its own AUC (from the drift check) is the only one pushed.
     same = samples(decision_registry(replace(record, labelled_batch="batch_04"), replace(drifted, batch=None), 0.02))
     assert [key for key in same if key[0] == "healthpredict_batch_roc_auc"] == [
