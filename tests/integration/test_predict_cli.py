@@ -83,6 +83,13 @@ def test_predict_scores_valid_rows_and_lists_every_rejected_one(
     assert (scores["label"] == (expected >= 0.45)).all()
     assert (scores["encounter_id"].to_numpy() == kept["encounter_id"].to_numpy()).all()
 
+    # Scored again into the same output, now without a bad row: no rejects file is left from the first run.
+    frame.iloc[scores["row"]].to_csv(source, index=False)
+    again = healthpredict("predict", "--input", str(source), "--output", str(output), env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not output.with_name("scores.rejects.parquet").exists(), "a stale rejects file from the earlier run"
+    assert len(pd.read_parquet(output)) == len(scores) and "rejected" not in again.stdout
+
 
 def test_predict_names_a_bad_input_and_writes_nothing(champion_home: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HEALTHPREDICT_HOME": str(champion_home)}

@@ -163,3 +163,60 @@ def test_summary_markdown_lists_drifted_features_first(reference: pd.DataFrame, 
     table = text[text.index("| feature |") :].splitlines()
     assert table[2].startswith("| num_medications | numeric | wasserstein |") and "| yes |" in table[2]
     assert "ROC-AUC" in text and "prediction" in text
+
+
+def shifted_batch(reference: pd.DataFrame, model: LoadedModel) -> pd.DataFrame:
+    """A batch where one number, one category, the champion's scores and the label all moved a little."""
+    rng = np.random.default_rng(8)
+    current = encounters(600, seed=9)
+    return current.assign(
+        num_medications=current["num_medications"] + 2,
+        race=rng.choice(["Caucasian", "AfricanAmerican", "Hispanic"], len(current), p=[0.5, 0.3, 0.2]),
+        number_inpatient=current["number_inpatient"] + 1,  # moves the scores
+        **{TARGET_COLUMN: (rng.random(len(current)) < 0.7).astype(int)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "signal"),
+    [
+        ("HEALTHPREDICT_DRIFT_NUMERIC_THRESHOLD", "num_medications"),
+        ("HEALTHPREDICT_DRIFT_CATEGORICAL_THRESHOLD", "race"),
+        ("HEALTHPREDICT_DRIFT_PREDICTION_THRESHOLD", PREDICTION_COLUMN),
+        ("HEALTHPREDICT_DRIFT_LABEL_THRESHOLD", TARGET_COLUMN),
+    ],
+)
+def test_each_threshold_setting_decides_its_signal(
+    reference: pd.DataFrame, model: LoadedModel, tmp_path: Path, variable: str, signal: str
+) -> None:
+    """Set from the environment as a user sets it: a signal drifts at a threshold equal to its statistic
+    (Evidently's ``>=``) and not at one just above it."""
+    from conftest import make_settings
+
+    current = shifted_batch(reference, model)
+
+    def row(threshold: float | None) -> object:
+        env = {} if threshold is None else {variable: repr(threshold)}
+        result = check_drift(reference, current, model, make_settings(tmp_path, **env).drift)
+        if signal == PREDICTION_COLUMN:
+            return result.prediction
+        return result.target if signal == TARGET_COLUMN else result.feature(signal)
+
+    statistic = row(None).statistic  # type: ignore[attr-defined]
+    assert 0.0 < statistic < 1.0, f"{signal} did not move: the case would prove nothing"
+    at, above = row(statistic), row(min(statistic + 0.01, 1.0))
+    assert at.drifted and at.threshold == statistic  # type: ignore[attr-defined]
+    assert not above.drifted, f"{variable}={statistic + 0.01} still flags {signal}"  # type: ignore[attr-defined]
+
+
+def test_label_drift_alone_raises_the_alert(reference: pd.DataFrame, model: LoadedModel) -> None:
+    """The same encounters with a readmission rate that moved: no feature and no score drifted, and yet the batch
+    needs attention."""
+    rng = np.random.default_rng(12)
+    current = reference.assign(**{TARGET_COLUMN: (rng.random(len(reference)) < 0.9).astype(int)})
+    result = check_drift(reference, current, model)
+    assert result.drifted_features == () and not result.dataset_drift
+    assert result.prediction is not None and not result.prediction.drifted
+    assert result.target is not None and result.target.drifted
+    assert result.alert and result.flagged == {TARGET_COLUMN}
+    assert result.as_metrics()["alert"] == 1.0
