@@ -2,7 +2,7 @@
 
 In order, against the stack's published ports on 127.0.0.1:
 1. build every image (compose.local-images.yml: from the local Debian base, nothing pulled), ``up -d``, and wait
-   until every service is healthy and every one-shot (preflight, minio-init, init) has exited 0;
+   until every service is healthy and every one-shot (preflight, minio-volume, minio-init, init) has exited 0;
 2. run ``pipeline/default`` with a quick budget on the compose worker through the Prefect server's API, until the
    run is Completed; its logs must show the search's progress and none of Ray's tables or hints;
 3. the service answers ``/v1/predict`` with the champion's version, read from the MLflow server (PostgreSQL
@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "healthpredict-stack-test"
 COMPOSE_FILES = ("docker-compose.yml", "compose.minio.yml", "compose.monitoring.yml", "compose.local-images.yml")
-ONE_SHOTS = {"preflight", "minio-init", "init"}
+ONE_SHOTS = {"preflight", "minio-volume", "minio-init", "init"}
 NOT_STARTED = {"grafana"}  # under compose.local-images.yml's `grafana` profile: no image can be built here
 PORTS = {"mlflow": 5000, "prefect-server": 4200, "service": 8000, "prometheus": 9090, "pushgateway": 9091}
 MODEL = "health-predict"
