@@ -84,13 +84,12 @@ class GateDecision:
 
 
 def evaluate_on_holdout(
-    model: LoadedModel, holdout: pd.DataFrame, settings: Settings, weights: np.ndarray | None = None
+    model: LoadedModel, holdout: pd.DataFrame, settings: Settings, weights: np.ndarray
 ) -> HoldoutResult:
     """AUC and the largest FNR gap per attribute; ``weights`` (rounds × rows, :func:`patient_weights`) the
     bootstrap draw shared with the model it is compared with."""
     scores = model.predict_proba(holdout)
     labels = holdout[TARGET_COLUMN].to_numpy()
-    weights = np.empty((0, len(holdout))) if weights is None else weights
     gaps, rounds = {}, {}
     for attribute, groups in sensitive_groups(holdout).items():
         point, samples = gap_samples(

@@ -9,15 +9,29 @@ group's readmissions must be refused, with the attribute named.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings
+from conftest import make_settings, raw_frame
+from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
 from healthpredict.audit import patient_weights
-from healthpredict.gate import evaluate_on_holdout, fairness_regressions
-from healthpredict.schema import TARGET_COLUMN
+from healthpredict.features import clean_encounters, model_inputs
+from healthpredict.gate import HoldoutResult, evaluate_on_holdout, fairness_regressions, gate_challenger
+from healthpredict.modeling import build_pipeline
+from healthpredict.registry import (
+    RegistryError,
+    configure_tracking,
+    log_pipeline,
+    register_challenger,
+    set_champion,
+)
+from healthpredict.schema import TARGET_COLUMN, coerce_types
+from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -111,3 +125,123 @@ def test_a_model_against_itself_passes_at_zero_tolerance(
     frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     assert compare(frame, "champion", 0.0, tmp_path_factory)[0] == []
+
+
+def test_the_auc_is_the_holdouts_roc_auc(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _, noisy, champion = compare(frame, "noisy", 0.0, tmp_path_factory)
+    assert champion.auc == pytest.approx(roc_auc_score(frame[TARGET_COLUMN], frame["champion"]))
+    assert noisy.auc == pytest.approx(roc_auc_score(frame[TARGET_COLUMN], frame["noisy"]))
+
+
+def paired(challenger_gap: float, champion_gap: float, differences: np.ndarray) -> tuple[HoldoutResult, HoldoutResult]:
+    """Two results whose paired bootstrap differences (challenger − champion) are exactly ``differences``."""
+    base = np.full(len(differences), champion_gap)
+    return (
+        HoldoutResult(0.7, {"gender": challenger_gap}, {"gender": base + differences}),
+        HoldoutResult(0.7, {"gender": champion_gap}, {"gender": base}),
+    )
+
+
+def test_the_lower_bound_is_the_5th_percentile_of_the_paired_differences() -> None:
+    differences = np.arange(101) / 1000  # 0.000 ... 0.100: the 5th percentile is 0.005, the 6th 0.006
+    challenger, champion = paired(0.15, 0.10, differences)
+    assert fairness_regressions(challenger, champion, 0.0055) == []
+    ((attribute, gap, base, low),) = fairness_regressions(challenger, champion, 0.0045)
+    assert (attribute, gap, base) == ("gender", 0.15, 0.10) and low == pytest.approx(0.005)
+
+
+def test_without_defined_rounds_the_point_difference_decides() -> None:
+    challenger, champion = paired(0.30, 0.10, np.full(50, np.nan))  # no round defines both gaps
+    assert fairness_regressions(challenger, champion, 0.25) == []  # 0.20 worse: within 0.25
+    ((_, _, _, low),) = fairness_regressions(challenger, champion, 0.15)
+    assert low == pytest.approx(0.20)
+
+
+def test_an_attribute_the_champion_cannot_measure_is_skipped_not_the_rest() -> None:
+    challenger = HoldoutResult(
+        0.7, {"age_band": 0.5, "gender": 0.5}, {"age_band": np.full(20, 0.5), "gender": np.full(20, 0.5)}
+    )
+    champion = HoldoutResult(0.7, {"gender": 0.1}, {"gender": np.full(20, 0.1)})
+    assert [attribute for attribute, *_ in fairness_regressions(challenger, champion, 0.1)] == ["gender"]
+
+
+# -- the gate on a registry: versions, aliases and the recorded decision -----------------------------------------
+
+
+def labelled_encounters(n: int, seed: int) -> pd.DataFrame:
+    """Typed encounters whose readmission depends on prior inpatient stays and the length of stay."""
+    frame, _ = clean_encounters(coerce_types(raw_frame(n, seed=seed)))
+    rng = np.random.default_rng(seed)
+    signal = frame["number_inpatient"] + frame["time_in_hospital"] / 4 + rng.normal(0, 1, len(frame))
+    return frame.assign(
+        race=rng.choice(["Caucasian", "AfricanAmerican"], len(frame)),
+        gender=rng.choice(["Female", "Male"], len(frame)),
+        **{TARGET_COLUMN: (signal > np.median(signal)).astype(int)},
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Settings:
+    settings = make_settings(tmp_path / "home", HEALTHPREDICT_AUDIT_MIN_GROUP_ROWS="20")
+    configure_tracking(settings)
+    return settings
+
+
+def register(settings: Settings, train: pd.DataFrame, shuffled: bool = False) -> str:
+    """A logistic regression on ``train`` (on its labels shuffled: no signal), registered as the challenger."""
+    labels = train[TARGET_COLUMN].to_numpy()
+    labels = np.random.default_rng(1).permutation(labels) if shuffled else labels
+    pipeline = build_pipeline("logreg", {"C": 0.5}, seed=0).fit(model_inputs(train), labels)
+    with mlflow.start_run():
+        info = log_pipeline(pipeline, train.head(20), {"threshold": 0.5, "family": "logreg"})
+    return str(register_challenger(settings, info.model_uri, {}).version)
+
+
+def tags(settings: Settings, version: str) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(settings.tracking.model_name, version).tags)
+
+
+def test_the_gate_records_its_verdict_and_every_number_on_the_challenger(registry: Settings) -> None:
+    settings = registry
+    train, holdout = labelled_encounters(800, seed=1), labelled_encounters(600, seed=2)
+
+    first = register(settings, train)
+    decision = gate_challenger(settings, holdout)
+    assert decision.passed and decision.reason == "no champion yet" and decision.champion_version is None
+    recorded = tags(settings, first)
+    assert recorded["gate.decision"] == "passed" and recorded["gate.champion_auc"] == ""
+    assert recorded["gate.champion_version"] == "" and recorded["gate.reason"] == "no champion yet"
+    assert recorded["gate.holdout_rows"] == str(len(holdout)) and recorded["gate.tolerance"] == "0.01"
+    set_champion(settings, first)
+
+    again = gate_challenger(settings, holdout)  # the challenger alias still names the champion's version
+    assert again.passed and again.reason == "challenger is already the champion"
+    assert again.champion_auc == again.challenger_auc
+
+    second = register(settings, train, shuffled=True)
+    refused = gate_challenger(settings, holdout)
+    assert not refused.passed and refused.challenger_version == second and refused.champion_version == first
+    assert refused.champion_auc is not None and refused.champion_auc > refused.challenger_auc + 0.1
+    assert refused.reason.startswith(
+        f"challenger AUC {refused.challenger_auc:.4f} is worse than champion AUC {refused.champion_auc:.4f} "
+        "(tolerance 0.01)"
+    )
+    recorded = tags(settings, second)
+    assert recorded["gate.decision"] == "refused" and recorded["gate.reason"] == refused.reason
+    assert recorded["gate.challenger_auc"] == f"{refused.challenger_auc:.6f}"
+    assert recorded["gate.champion_auc"] == f"{refused.champion_auc:.6f}" and recorded["gate.champion_version"] == first
+    assert recorded["gate.fnr_gap_tolerance"] == str(settings.gates.fnr_gap_tolerance)
+    for attribute in ("race", "gender", "age_band"):
+        assert recorded[f"gate.challenger_fnr_gap.{attribute}"] == f"{refused.challenger_fnr_gaps[attribute]:.6f}"
+        assert recorded[f"gate.champion_fnr_gap.{attribute}"] == f"{refused.champion_fnr_gaps[attribute]:.6f}"
+    assert "gate.decision" not in tags(settings, first) or tags(settings, first)["gate.decision"] == "passed"
+
+    third = register(settings, train)  # the champion's model again: as accurate, as fair
+    passed = gate_challenger(settings, holdout)
+    assert passed.passed and passed.challenger_version == third
+    assert "within tolerance of or better than" in passed.reason and "false-negative-rate gap" not in passed.reason
+
+
+def test_the_gate_needs_a_challenger(registry: Settings) -> None:
+    with pytest.raises(RegistryError, match="has no 'challenger' alias"):
+        gate_challenger(registry, labelled_encounters(50, seed=3))
