@@ -120,4 +120,4 @@ def holdout_split(
 
 def is_forced(batch: str, force: Collection[str]) -> bool:
     names = {str(f).strip().lower() for f in force}
-    return "all" in names or batch in {batch_part_name(f) for f in names if f != "all"}
+    return "all" in names or batch in {batch_part_name(f) for f in names}

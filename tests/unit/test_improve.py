@@ -124,7 +124,39 @@ def test_holdout_is_a_patient_disjoint_slice_of_the_newest_batch() -> None:
     dropped = window.loc[window["patient_nbr"].isin(held) & (window["part"] == "older")]
     assert len(holdout) + len(train) + len(val) + len(dropped) == len(window)
     again = holdout_split(window, newest, 0.3, 0.2, seed=7)
-    assert again["test"]["encounter_id"].tolist() == holdout["encounter_id"].tolist()  # seeded
+    for name in ("test", "train", "val"):  # seeded: the same rows, fresh 0..n-1 indexes, the window's columns
+        assert again[name]["encounter_id"].tolist() == parts[name]["encounter_id"].tolist()
+        assert parts[name].index.equals(pd.RangeIndex(len(parts[name])))
+        assert parts[name].columns.tolist() == window.columns.tolist()
+
+
+def test_a_small_newest_batch_still_holds_out_one_patient() -> None:
+    newest = raw_frame(6, seed=3, n_patients=3)
+    window = pd.concat([raw_frame(100, seed=4, n_patients=40), newest], ignore_index=True)
+    parts = holdout_split(window, newest, holdout_fraction=0.1, val_fraction=0.2, seed=1)
+    assert parts["test"]["patient_nbr"].nunique() == 1  # round(3 x 0.1) is 0: at least one patient
+
+
+def test_the_window_is_one_frame_with_a_fresh_index() -> None:
+    initial, batches = _parts()
+    window = training_window(initial, batches[:2], "all", half_life=1.0)
+    assert window.index.equals(pd.RangeIndex(30 + 20 + 21))
+    with pytest.raises(ValueError, match=r"^the training window needs at least the newest batch$"):
+        training_window(initial, [], 2)
+
+
+def test_the_reasons_for_keeping_say_what_was_measured() -> None:
+    kept = decide_retraining(0.1, auc_before=None, baseline_auc=0.7, policy=POLICY)
+    behind = "champion 0 batch(es) behind (< 1)"  # the default schedule: every labelled batch
+    assert kept.retrain is False and kept.reason == f"{behind}; drift share 0.100 < 0.3; AUC drop not measurable"
+    measured = decide_retraining(0.1, auc_before=0.69, baseline_auc=0.7, policy=POLICY)
+    assert measured.reason == f"{behind}; drift share 0.100 < 0.3; AUC drop 0.010 <= 0.02"
+
+
+def test_an_estimated_drop_equal_to_the_allowed_drop_does_not_trigger() -> None:
+    policy = replace(POLICY, retrain_auc_drop=0.25)  # 0.75 - 0.5 and 0.75 - 0.25 are exact in binary
+    assert not decide_retraining(0.1, None, 0.75, policy, estimated_auc=0.5).retrain
+    assert decide_retraining(0.1, None, 0.75, policy, estimated_auc=0.25).retrain
 
 
 def test_force_names_numbers_and_all() -> None:
