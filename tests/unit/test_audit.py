@@ -11,9 +11,11 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from healthpredict.audit import (
     METRICS,
+    gap_samples,
     patient_weights,
     sensitive_groups,
     subgroup_audit,
+    subgroup_figure,
     weighted_calibration_error,
 )
 from healthpredict.evaluate import calibration_error
@@ -198,3 +200,63 @@ def test_intervals_cover_the_known_rate_and_match_an_independent_patient_bootstr
         )
         assert abs((high - low) / (ref_high - ref_low) - 1) < 0.2, (group.group, (low, high), (ref_low, ref_high))
         assert abs(low - ref_low) < 0.02 and abs(high - ref_high) < 0.02, (group.group, (low, high))
+
+
+def test_gap_samples_compare_only_large_groups_round_by_round() -> None:
+    """The largest gap between groups of at least ``min_group_rows`` rows, as a point estimate and per round of the
+    shared draw; a round where fewer than two groups define the metric is NaN, and so is everything when fewer
+    than two groups are large enough."""
+    groups = pd.Series(["a"] * 6 + ["b"] * 6 + ["c"] * 2, dtype=object)
+    labels = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1]], dtype=object)
+    labels = np.concatenate(labels).astype(int)  # groups a, b, c
+    scores = np.concatenate([[0.9, 0.9, 0.1, 0.1, 0.1, 0.9], [0.9, 0.9, 0.9, 0.1, 0.1, 0.1], [0.1, 0.1]])
+    # FNR: a misses 2 of 4 positives (0.5), b 1 of 4 (0.25), c (too small) 2 of 2.
+    weights = np.vstack([np.ones(14), np.r_[np.ones(6), [1, 0, 0, 0, 1, 1], np.ones(2)], np.r_[np.ones(12), 0, 0]])
+    point, rounds = gap_samples(groups, labels, scores, 0.5, weights, "false_negative_rate", min_group_rows=3)
+    assert point == pytest.approx(0.25)
+    # round 0: as the point; round 1: b keeps one positive, which it catches (FNR 0), gap 0.5; round 2: as round 0
+    assert rounds.tolist() == pytest.approx([0.25, 0.5, 0.25])
+    with_c, _ = gap_samples(groups, labels, scores, 0.5, weights, "false_negative_rate", min_group_rows=2)
+    assert with_c == pytest.approx(0.75)  # c (FNR 1.0) now compared
+    no_b_positive = np.vstack([np.r_[np.ones(6), [0, 0, 0, 0, 1, 1], np.ones(2)]])
+    _, undefined = gap_samples(groups, labels, scores, 0.5, no_b_positive, "false_negative_rate", 3)
+    assert np.isnan(undefined).all()  # b defines no FNR in that round: one group is no gap
+    alone, none = gap_samples(groups, labels, scores, 0.5, weights, "false_negative_rate", min_group_rows=7)
+    assert np.isnan(alone) and none.shape == (3,) and np.isnan(none).all()
+
+
+def test_the_gap_of_an_attribute_and_metric_is_looked_up() -> None:
+    frame, labels, scores = make_frame()
+    audit = subgroup_audit(frame, labels, scores, 0.5, rounds=0, min_group_rows=100)
+    for gap in audit.gaps():
+        assert audit.gap(gap.attribute, gap.metric) == gap.largest_gap
+    gender = [g for g in audit.groups if g.attribute == "gender"]
+    fnr = [g.values["false_negative_rate"] for g in gender]
+    assert audit.gap("gender", "false_negative_rate") == pytest.approx(max(fnr) - min(fnr))
+    assert audit.gap("gender", "no_such_metric") is None
+
+
+def test_the_figure_shows_each_group_with_its_interval() -> None:
+    frame, labels, scores = make_frame()
+    audit = subgroup_audit(frame, labels, scores, 0.5, rounds=50, seed=0, min_group_rows=100)
+    figure = subgroup_figure(audit, "false_negative_rate", "test split")
+    axes = figure.get_axes()
+    assert [ax.get_title() for ax in axes] == ["race", "gender", "age_band"]
+    assert axes[0].get_ylabel() == "false negative rate"
+    assert figure._suptitle is not None
+    assert figure._suptitle.get_text() == "false negative rate by group at threshold 0.500 — test split"
+    for ax, attribute in zip(axes, ("race", "gender", "age_band"), strict=True):
+        groups = [g for g in audit.groups if g.attribute == attribute]
+        bars = ax.patches
+        assert [b.get_height() for b in bars] == pytest.approx([g.values["false_negative_rate"] for g in groups])
+        grey = [b.get_facecolor() == pytest.approx((0.498, 0.498, 0.498, 1.0), abs=0.01) for b in bars]
+        assert grey == [not g.compared for g in groups]
+        labels_shown = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels_shown == [f"{g.group}\n({g.rows})" for g in groups]
+        (error_bars,) = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+        segments = error_bars.lines[2][0].get_segments()
+        for segment, g in zip(segments, groups, strict=True):
+            low, high = sorted(point[1] for point in segment)
+            assert low == pytest.approx(g.ci_low["false_negative_rate"]) and high == pytest.approx(
+                g.ci_high["false_negative_rate"]
+            )
