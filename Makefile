@@ -8,6 +8,7 @@
 #   make test                        # lint, types, all tests
 #   make up / make down              # the Docker Compose stack (.env from .env.example first)
 #   make stack-test                  # the stack up from locally built images, the whole loop through it, down
+#   make mutation                    # mutation testing of the core modules (tools/mutation.py, docs/MUTATION.md)
 #   make minikube                    # the API in Minikube, against the compose stack's MLflow
 
 SHELL := /bin/bash
@@ -24,7 +25,7 @@ IMAGE ?= healthpredict-service:0-initial
 OVERLAY := k8s/overlays/minikube
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint up down stack-test minikube
+.PHONY: help setup run test lint up down stack-test mutation minikube
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 18
@@ -53,6 +54,9 @@ down: ## stop the compose stack (volumes are kept; `down -v` deletes them)
 stack-test: setup ## the stack up from locally built images, the whole loop through it, then down (RAW_DATA=zip|csv)
 	@$(REQUIRE_COMPOSE)
 	COMPOSE="$(COMPOSE)" HEALTHPREDICT_RAW_DATA=$(RAW_DATA) .venv/bin/python docker/stack_test.py $(ARGS)
+
+mutation: setup ## mutmut over the core modules, each against its own tests (MODULE=path for one, REPORT=file.json)
+	.venv/bin/uv sync --locked --inexact --all-extras && .venv/bin/python tools/mutation.py $(if $(MODULE),--module $(MODULE)) $(if $(REPORT),--report $(REPORT)) $(ARGS)
 
 minikube: ## build the service image in Minikube and apply the overlay
 	@for f in reload.env mlflow.env; do test -f $(OVERLAY)/$$f || { echo "error: no $(OVERLAY)/$$f: copy $$f.example and fill it in (docs/DEPLOY.md)" >&2; exit 1; }; done

@@ -1,0 +1,160 @@
+"""Mutation testing of the core modules with mutmut: each module against the tests that own it, within a time bound.
+
+For every module of :data:`MODULES` (or those named with ``--module``) this copies the tracked files of the
+repository into a scratch folder, appends a ``[tool.mutmut]`` section that mutates that one module and selects its
+own tests, runs ``mutmut run`` there with at most ``--max-children`` workers and ``--timeout-s`` seconds, and reads
+mutmut's counts and the names of the surviving mutants. The repository itself is never written to, except the
+report (``--report``, JSON). ``make mutation`` runs it; docs/MUTATION.md records a run and explains its survivors.
+
+    .venv/bin/python tools/mutation.py --module healthpredict/gate.py --report mutation.json
+    .venv/bin/mutmut show <mutant name>    # in the scratch folder the report names, to see one mutant's diff
+
+A mutant is *killed* when a selected test fails on it, *survived* when all pass, *no tests* when no selected test
+runs its function (mutmut maps tests to functions first). The kill rate reported is killed / (killed + survived +
+no tests + timeout): a function no owning test reaches counts against its module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The module mutated, and the tests that own it (run by mutmut for the mutants of that module).
+MODULES: dict[str, tuple[str, ...]] = {
+    "healthpredict/split.py": ("tests/unit/test_split.py",),
+    "healthpredict/gate.py": ("tests/unit/test_gate.py",),
+    "healthpredict/audit.py": ("tests/unit/test_audit.py",),
+    "healthpredict/improve/policy.py": ("tests/unit/test_improve.py",),
+    "healthpredict/drift.py": ("tests/unit/test_drift.py",),
+    "healthpredict/model_format.py": ("tests/unit/test_model_trust.py", "tests/unit/test_model_routes.py"),
+    "healthpredict/deploy/__init__.py": ("tests/unit/test_deploy.py",),
+    "healthpredict/deploy/kubernetes.py": ("tests/unit/test_deploy_kubernetes.py",),
+    "service/schemas.py": ("tests/unit/test_schema.py", "tests/unit/test_service.py"),
+    "service/limits.py": ("tests/unit/test_service_hardening.py",),
+}
+
+#: Folders every test run imports from besides the mutated package (copied next to the mutants).
+ALSO_COPY = ("healthpredict/", "service/", "cli/", "flows/", "k8s/", "docker/", "monitoring/", "infra_pulumi/")
+COUNTS = ("killed", "survived", "no_tests", "timeout", "suspicious", "skipped", "segfault")
+
+
+@dataclass
+class ModuleResult:
+    module: str
+    tests: tuple[str, ...]
+    seconds: float
+    finished: bool  # False: stopped at the time bound, the counts are those reached
+    counts: dict[str, int] = field(default_factory=dict)
+    survivors: list[str] = field(default_factory=list)
+    untested: list[str] = field(default_factory=list)  # functions with mutants no owning test runs
+    workdir: str = ""
+
+    @property
+    def kill_rate(self) -> float | None:
+        judged = sum(self.counts.get(k, 0) for k in ("killed", "survived", "no_tests", "timeout"))
+        return self.counts.get("killed", 0) / judged if judged else None
+
+
+def scratch_copy(module: str, tests: tuple[str, ...], root: Path) -> Path:
+    """The tracked files in ``root`` with a mutmut section for ``module`` and ``tests``."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    source_root = module.split("/", 1)[0] + "/"
+    section = {
+        "source_paths": [source_root],
+        "only_mutate": [module],
+        "also_copy": [p for p in ALSO_COPY if p != source_root],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-W", "ignore"],
+        "pytest_add_cli_args_test_selection": list(tests),
+    }
+    lines = ["", "[tool.mutmut]", *(f"{key} = {json.dumps(value)}" for key, value in section.items())]
+    with open(root / "pyproject.toml", "a", encoding="utf-8") as pyproject:
+        pyproject.write("\n".join(lines) + "\n")
+    return root
+
+
+def mutmut(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    executable = Path(sys.executable).with_name("mutmut")
+    return subprocess.run(
+        [str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def run_module(module: str, tests: tuple[str, ...], max_children: int, timeout_s: float, keep: bool) -> ModuleResult:
+    workdir = Path(tempfile.mkdtemp(prefix="healthpredict-mutation-"))
+    scratch_copy(module, tests, workdir)
+    started = time.monotonic()
+    finished = True
+    try:
+        run = mutmut("run", "--max-children", str(max_children), cwd=workdir, timeout=timeout_s)
+        if run.returncode not in (0, 1):
+            print(run.stdout[-3000:], run.stderr[-3000:], sep="\n", file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        finished = False
+    seconds = time.monotonic() - started
+    mutmut("export-cicd-stats", cwd=workdir, timeout=300)
+    stats_file = workdir / "mutants" / "mutmut-cicd-stats.json"
+    counts = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    listed = mutmut("results", "--all", "true", cwd=workdir, timeout=300).stdout
+    survivors, untested = [], set()
+    for line in listed.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if status == "survived":
+            survivors.append(name)
+        elif status == "no tests":
+            untested.add(name.rsplit("__mutmut_", 1)[0])
+    result = ModuleResult(
+        module=module, tests=tests, seconds=round(seconds, 1), finished=finished,
+        counts={k: int(counts.get(k, 0)) for k in (*COUNTS, "total")}, survivors=survivors,
+        untested=sorted(untested), workdir=str(workdir) if keep else "",
+    )  # fmt: skip
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--module", action="append", choices=sorted(MODULES), help="only these (repeatable)")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (default 2)")
+    parser.add_argument("--timeout-s", type=float, default=900.0, help="time bound per module (default 900)")
+    parser.add_argument("--report", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep each scratch folder (to `mutmut show` mutants)")
+    options = parser.parse_args(argv)
+    results = []
+    for module in options.module or list(MODULES):
+        result = run_module(module, MODULES[module], options.max_children, options.timeout_s, options.keep)
+        results.append(result)
+        rate = "n/a" if result.kill_rate is None else f"{result.kill_rate:.0%}"
+        c = result.counts
+        print(
+            f"{module}: {c.get('killed', 0)} killed, {c.get('survived', 0)} survived, {c.get('no_tests', 0)} without "
+            f"a test, {c.get('timeout', 0)} timed out of {c.get('total', 0)} ({rate} killed) in {result.seconds:.0f} s"
+            + ("" if result.finished else " (stopped at the time bound)")
+            + (f"; kept in {result.workdir}" if result.workdir else ""),
+            flush=True,
+        )
+        for name in result.survivors:
+            print(f"  survived: {name}", flush=True)
+    if options.report:
+        payload = [{**asdict(r), "kill_rate": r.kill_rate} for r in results]
+        options.report.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
