@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,22 +143,27 @@ def test_uvicorn_process_serves_the_registered_champion(server: str, registry: R
 
 
 class LoadGenerator:
-    """Threads posting real records until stopped; every answer is checked against its version's pipeline."""
+    """Threads posting real records until stopped; every answer is checked against its version's pipeline.
+
+    Failed requests are collected in ``failures``; anything else a thread raises is raised again on leaving the
+    ``with`` block (the threads run as futures)."""
 
     def __init__(self, base: str, bodies: list[bytes], threads: int = 4) -> None:
         self.base = base
         self.bodies = bodies
+        self.threads = threads
         self.stop = threading.Event()
         self.failures: list[str] = []
         self.answers: list[tuple[int, str, float]] = []  # (row, version, probability)
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.futures: list[Future[None]] = []
 
     def _run(self, worker: int) -> None:
         with httpx.Client(base_url=self.base, headers=JSON, timeout=30) as client:
             i = worker
             while not self.stop.is_set() and len(self.answers) < 50_000:
                 row = i % len(self.bodies)
-                i += len(self.threads)
+                i += self.threads
                 try:
                     response = client.post("/v1/predict", content=self.bodies[row])
                 except httpx.HTTPError as exc:
@@ -170,14 +176,15 @@ class LoadGenerator:
                 self.answers.append((row, answer["model_version"], answer["probability"]))
 
     def __enter__(self) -> LoadGenerator:
-        for thread in self.threads:
-            thread.start()
+        self.futures = [self.pool.submit(self._run, i) for i in range(self.threads)]
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
+        self.pool.shutdown(wait=True)
+        if exc_type is None:  # an error in the block is the one to report
+            for future in self.futures:
+                future.result()
 
 
 def wait_for_version(base: str, version: str, timeout: float = 30.0) -> None:
