@@ -151,6 +151,19 @@ def write_raw_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly ``labels`` in a Prometheus text exposition (``/metrics``);
+    0.0 when there is none yet (a labelled counter appears with its first count). A client that served earlier
+    tests has counted their requests too: read the value before an action and assert how much it grew."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
 def free_port() -> int:
     import socket
 

@@ -99,6 +99,7 @@ def test_warm_up_requests_are_not_counted(model: tuple[Path, Any], tmp_path: Pat
         metrics = test_client.get("/metrics").text
         assert 'healthpredict_predictions_total{label="0"} 0.0' in metrics
         assert 'healthpredict_predictions_total{label="1"} 0.0' in metrics
+        assert "healthpredict_prediction_score_count 0.0" in metrics
         assert 'route="/v1/predict' not in metrics
         assert post(test_client, "/v1/predict", EXAMPLE_RECORD).status_code == 200
         after = test_client.get("/metrics").text
