@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, make_settings, stop_process, wait_for_http
+from conftest import make_settings, reported_port, stop_process, wait_for_http
 from corpus import MALFORMED
 
 from healthpredict.deploy.verify import to_request_records
@@ -69,17 +69,22 @@ def model_folder(real_split_home: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def serve(model_folder: Path, home: Path, **env: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    """``healthpredict serve`` on a port it binds itself (``--port 0``), ready; returns the process and its port."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     clean.update(HEALTHPREDICT_HOME=str(home), HEALTHPREDICT_MODEL_URI=str(model_folder), **env)
     clean.setdefault("HEALTHPREDICT_MODEL_SHA256", artifact_digest(model_folder))
     home.mkdir(parents=True, exist_ok=True)
-    log = (home / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("healthpredict")), "serve", "--port", str(port)],
-        env=clean, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    wait_for_http(f"http://127.0.0.1:{port}/health/ready", timeout=180, process=process)
+    with (home / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("healthpredict")), "serve", "--port", "0"],
+            env=clean, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        port = reported_port(home / "serve.log", process)
+        wait_for_http(f"http://127.0.0.1:{port}/health/ready", timeout=180, process=process)
+    except BaseException:
+        stop_process(process)
+        raise
     return process, port
 
 

@@ -21,7 +21,7 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, free_port, make_settings, stop_process, wait_for_http
+from conftest import PROJECT_ROOT, free_port, make_settings, reported_port, stop_process, wait_for_http
 from litestar.testing import TestClient
 from mlflow import MlflowClient
 from test_fast_inference_real import fitted_pipeline, real_parts, request_bodies
@@ -87,8 +87,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, real_split_home: Path) ->
 
 @pytest.fixture(scope="module")
 def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``healthpredict serve`` in its own process on 127.0.0.1, stopped by PID."""
-    port = free_port()
+    """``healthpredict serve`` in its own process on 127.0.0.1, on a port it binds itself, stopped by PID."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     env.update(
         HEALTHPREDICT_HOME=str(registry.home),
@@ -98,11 +97,11 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
     command = [sys.executable, "-c", "from cli.main import main; raise SystemExit(main())"]
     process = subprocess.Popen(
-        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=log,
+        [*command, "serve", "--host", "127.0.0.1", "--port", "0"], cwd=PROJECT_ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
+        base = f"http://127.0.0.1:{reported_port(Path(log.name), process, timeout=90)}"
         wait_for_http(f"{base}/health/live", timeout=90, process=process)
         deadline = time.monotonic() + 90
         while httpx.get(f"{base}/health/ready").status_code != 200:
