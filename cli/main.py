@@ -249,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve predictions from HEALTHPREDICT_MODEL_URI (uvicorn, Litestar)")
     serve.add_argument("--host", help="bind address (default HEALTHPREDICT_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default HEALTHPREDICT_PORT or 8000)")
+    serve.add_argument(
+        "--port", type=int,
+        help="port (default HEALTHPREDICT_PORT or 8000); 0: a free port the system picks, named in the log line "
+        "'Uvicorn running on http://HOST:PORT'",
+    )  # fmt: skip
     serve.set_defaults(handler=cmd_serve)
 
     pipeline = commands.add_parser(

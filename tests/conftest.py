@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -151,7 +152,22 @@ def write_raw_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly ``labels`` in a Prometheus text exposition (``/metrics``);
+    0.0 when there is none yet (a labelled counter appears with its first count). A client that served earlier
+    tests has counted their requests too: read the value before an action and assert how much it grew."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1 now: only for a URL where nothing listens, or for :func:`start_server`, which
+    retries when another process takes the port before the server binds it."""
     import socket
 
     with socket.socket() as sock:
@@ -175,6 +191,99 @@ def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen[byt
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+# -- servers on ports they bind themselves -----------------------------------------------------------------------
+
+#: uvicorn's line once it listens (``healthpredict serve``); with ``--port 0`` it names the port the system chose.
+UVICORN_PORT = re.compile(r"Uvicorn running on https?://\S+:(\d+) ")
+#: moto_server's (werkzeug's) line once it listens.
+WERKZEUG_PORT = re.compile(r"Running on https?://\S+:(\d+)")
+#: Prometheus's and the Pushgateway's (exporter-toolkit's) line once they listen.
+EXPORTER_PORT = re.compile(r'msg="Listening on" address=\S+:(\d+)')
+#: What a server says when another process holds the port it was given (Python, Go, Prefect, Ray).
+ADDRESS_IN_USE = re.compile(r"already in use|Errno 98|EADDRINUSE", re.IGNORECASE)
+
+
+def _text(log: Path, offset: int = 0) -> str:
+    return log.read_bytes()[offset:].decode(errors="replace") if log.exists() else ""
+
+
+def reported_port(
+    log: Path | Callable[[], str],
+    process: subprocess.Popen[bytes] | None = None,
+    pattern: re.Pattern[str] = UVICORN_PORT,
+    timeout: float = 180.0,
+) -> int:
+    """The port a server told to bind port 0 names in its log (a file, or a callable reading a container's) once
+    it listens: it chose the port itself, so no other process can take it first."""
+    import time
+
+    read = log if callable(log) else lambda: _text(log)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read()
+        if match := pattern.search(text):
+            return int(match.group(1))
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before it named its port:\n{text[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no line matching {pattern.pattern!r} within {timeout} s:\n{text[-3000:]}")
+        time.sleep(0.2)
+
+
+def wait_for_log(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    """Until ``text`` appears in ``log``; :class:`RuntimeError` if ``process`` exits first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in _text(log):
+        if process.poll() is not None:
+            raise RuntimeError(f"the process exited with {process.returncode} before logging {text!r}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{log} did not say {text!r} within {timeout} s:\n{_text(log)[-3000:]}")
+        time.sleep(0.3)
+
+
+def start_server(
+    command: Callable[[int], Sequence[str]],
+    log: Path,
+    ready: str | Callable[[int, subprocess.Popen[bytes]], None],
+    *,
+    timeout: float = 180.0,
+    tries: int = 3,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server that cannot bind port 0 and report it (Prefect's, MLflow's, ``mlflow models serve``, Ray's)
+    on a free port, and wait until it is ready: ``ready`` is a path answered over HTTP, or a callable that raises
+    :class:`RuntimeError` when the process exits first. When another process takes the port between
+    :func:`free_port` and the server's bind (it exits saying the address is in use), start it again on another.
+
+    Output goes to ``log`` (appended, one attempt after another); returns the process and its port.
+    """
+    for attempt in range(1, tries + 1):
+        port = free_port()
+        offset = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            process = subprocess.Popen(list(command(port)), stdout=out, stderr=subprocess.STDOUT, **popen)
+        try:
+            if callable(ready):
+                ready(port, process)
+            else:
+                wait_for_http(f"http://127.0.0.1:{port}{ready}", timeout=timeout, process=process)
+            return process, port
+        except RuntimeError:
+            said = _text(log, offset)
+            if process.poll() is None:
+                stop_process(process)
+                raise
+            if attempt < tries and ADDRESS_IN_USE.search(said):
+                continue
+            raise RuntimeError(f"{command(port)[:3]} exited with {process.returncode}:\n{said[-3000:]}") from None
+        except BaseException:
+            stop_process(process)
+            raise
+    raise AssertionError("unreachable")
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Stop a child we started, by PID: SIGTERM, then SIGKILL if it lingers."""
     if process.poll() is None:
@@ -188,18 +297,18 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real local AWS endpoint (S3, ECR) on 127.0.0.1, stopped by PID at the end of the session."""
+    """A local AWS endpoint (S3, ECR) served by moto on 127.0.0.1, on a port it binds itself; stopped by PID at
+    the end of the session."""
     import shutil
-    import sys
 
-    port = free_port()
     beside = Path(sys.executable).with_name("moto_server")  # the project's venv first
     executable = str(beside) if beside.exists() else shutil.which("moto_server")
     assert executable, "moto_server is not installed (pip install -e '.[dev]')"
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{port}"
+    path = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = path.open("wb")
+    process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", "0"], stdout=log, stderr=log)
     try:
+        endpoint = f"http://127.0.0.1:{reported_port(path, process, WERKZEUG_PORT, timeout=60)}"
         wait_for_http(f"{endpoint}/moto-api/", process=process)
         yield endpoint
     finally:

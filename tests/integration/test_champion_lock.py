@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_ROOT, free_port, make_settings, register_logreg, stop_process, training_env, wait_for_http
+from conftest import PROJECT_ROOT, make_settings, register_logreg, start_server, stop_process, training_env
 from mlflow import MlflowClient
 
 from healthpredict.deploy import ChampionLockError, champion_lock
@@ -36,19 +36,17 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     """A Prefect server on 127.0.0.1 with the `healthpredict` process pool and every deployment of prefect.yaml;
     stopped by PID. Yields the environment that talks to it."""
     folder = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
     env = {
-        **os.environ, "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
+        **os.environ, "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
     }  # fmt: skip
-    log = (folder / "server.log").open("wb")
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+    env.pop("PREFECT_API_URL", None)
+    server, port = start_server(  # Prefect cannot report a port it chose: a free port, retried
+        lambda port: [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        folder / "server.log", "/api/health", env=env, cwd=folder,
     )  # fmt: skip
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     try:
-        wait_for_http(f"{api}/health", timeout=180, process=server)
         for args in (["work-pool", "create", "healthpredict", "--type", "process"], ["deploy", "--all"]):
             done = subprocess.run(
                 [PREFECT, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
@@ -57,7 +55,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         yield env
     finally:
         stop_process(server, timeout=30)
-        log.close()
 
 
 def run_deployments(api: str, runs: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import free_port, register_logreg, stop_process, training_env
+from conftest import register_logreg, reported_port, stop_process, training_env
 from mlflow import MlflowClient
 
 from healthpredict.deploy import DeploymentError, deploy_version
@@ -59,9 +59,7 @@ def test_local_target_promotes_switches_and_rolls_back(
     assert any("smoke predictions match" in step for step in report.steps)
 
     # 2. a running service serves the champion; a new version is switched in under load
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    running = start_service(settings, settings.service.model_uri, port, tmp_path / "running.log")
+    running = start_service(settings, settings.service.model_uri, 0, tmp_path / "running.log")  # it binds a port
     failures: list[str] = []
     seen: set[str] = set()
     stop = threading.Event()
@@ -75,6 +73,7 @@ def test_local_target_promotes_switches_and_rolls_back(
                 failures.append(repr(exc))
 
     try:
+        url = f"http://127.0.0.1:{reported_port(tmp_path / 'running.log', running)}"
         wait_ready(url, running)
         worker = threading.Thread(target=load, daemon=True)
         worker.start()

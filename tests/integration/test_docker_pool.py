@@ -1,7 +1,7 @@
 """The docker work pool runs the flows in containers: the flows image built by prefect-docker's build step from
 docker/worker/Dockerfile (no push), a docker worker, and split, train and promote each reaching Completed in a
 container that reaches a real Prefect server, a real MLflow server (tracking over HTTP, artifacts through the
-server) and a real S3 endpoint (moto) on 127.0.0.1, with nothing shared but the read-only raw-data mount. A flow
+server) and an S3 endpoint served by moto on 127.0.0.1, with nothing shared but the read-only raw-data mount. A flow
 that fails inside its container reports the cause in its Prefect state.
 
 Needs a Docker engine (see tests/conftest.py: ``docker_client``); the flow containers use the host's network so
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DOCKER_ENGINE, PROJECT_ROOT, create_bucket, free_port, stop_process, wait_for_http
+from conftest import DOCKER_ENGINE, PROJECT_ROOT, create_bucket, start_server, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -58,33 +58,29 @@ def _flow_runs(api: str) -> dict[str, Any]:
 @pytest.fixture
 def servers(tmp_path: Path, aws_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """Prefect and MLflow servers on 127.0.0.1 and the environment `prefect deploy` and the worker run with."""
-    prefect_port, mlflow_port = free_port(), free_port()
-    api, tracking = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "HEALTHPREDICT_"))}
     env = {**base, **aws_env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_CLI_PROMPT": "false",
-           **DOCKER_ENGINE}  # fmt: skip
+           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_CLI_PROMPT": "false", **DOCKER_ENGINE}  # fmt: skip
     processes: list[subprocess.Popen[bytes]] = []
-    logs = []
-    try:
-        for name, command in (
-            ("prefect", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]),
-            ("mlflow", ["mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--backend-store-uri",
-                        f"sqlite:///{tmp_path / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
-                        str(tmp_path / "mlflow-artifacts")]),
-        ):  # fmt: skip
-            log = (tmp_path / f"{name}.log").open("wb")
-            logs.append(log)
-            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-        wait_for_http(f"{api}/health", timeout=180, process=processes[0])
-        wait_for_http(f"{tracking}/health", timeout=120, process=processes[1])
-        yield {**env, "MLFLOW_TRACKING_URI": tracking}
+    try:  # neither server can report a port it chose: free ports, retried
+        prefect, prefect_port = start_server(
+            lambda port: ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path / "prefect.log", "/api/health", env=env,
+        )  # fmt: skip
+        processes.append(prefect)
+        mlflow, mlflow_port = start_server(
+            lambda port: ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+                          f"sqlite:///{tmp_path / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
+                          str(tmp_path / "mlflow-artifacts")],
+            tmp_path / "mlflow.log", "/health", timeout=120, env=env,
+        )  # fmt: skip
+        processes.append(mlflow)
+        yield {**env, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}  # fmt: skip
     finally:
         for process in reversed(processes):
             stop_process(process, timeout=30)
-        for log in logs:
-            log.close()
 
 
 def test_the_docker_pool_runs_split_train_and_promote_in_containers(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, free_port, wait_for_http
+from conftest import PROJECT_ROOT, reported_port, wait_for_http
 
 from healthpredict.deploy.image import build_image, current_git_sha, image_tag
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
@@ -96,10 +96,9 @@ def test_service_image_is_built_and_serves_a_real_model_as_non_root(
     ).decode()  # fmt: skip
     assert stack.strip() == "[]"
 
-    port = free_port()
     container = docker_client.containers.run(
         service_image,
-        ["serve", "--host", "127.0.0.1", "--port", str(port)],
+        ["serve", "--host", "127.0.0.1", "--port", "0"],  # a port it binds itself, named in its log
         detach=True,
         network_mode="host",  # the service listens on this machine's loopback only
         read_only=True,
@@ -114,8 +113,8 @@ def test_service_image_is_built_and_serves_a_real_model_as_non_root(
         },
     )
     try:
-        base = f"http://127.0.0.1:{port}"
         try:
+            base = f"http://127.0.0.1:{reported_port(lambda: container.logs().decode(errors='replace'))}"
             wait_for_http(f"{base}/health/ready", timeout=180)
         except TimeoutError:
             pytest.fail(f"the container never got ready:\n{container.logs().decode()[-3000:]}")

@@ -5,7 +5,6 @@ through the server's artifact proxy, and every attempt to create or change anyth
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import mlflow
 import pytest
 import requests
-from conftest import PROJECT_ROOT, free_port, make_settings, stop_process, wait_for_http
+from conftest import PROJECT_ROOT, make_settings, start_server, stop_process
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -42,23 +41,21 @@ MODEL = "health-predict"
 def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The MLflow server with basic auth, its read-only user being the service's, and the service user made."""
     folder = tmp_path_factory.mktemp("mlflow-auth")
-    port = free_port()
     env = {
         **os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{folder / 'auth.db'}", "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_READ_ONLY_USERS": SERVICE_USER,
         "TMPDIR": str(folder),
     }  # fmt: skip
-    log = (folder / "mlflow.log").open("wb")
-    server = subprocess.Popen(
-        ["sh", str(PROJECT_ROOT / "docker" / "mlflow" / "start-mlflow.sh"), "server", "--app-name", "basic-auth",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "store"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+    server, port = start_server(  # its job runner is told the port it was given: a free port, retried
+        lambda port: ["sh", str(PROJECT_ROOT / "docker" / "mlflow" / "start-mlflow.sh"), "server", "--app-name",
+                      "basic-auth", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                      "--artifacts-destination", str(folder / "store"), "--host", "127.0.0.1", "--port", str(port),
+                      "--workers", "1"],
+        folder / "mlflow.log", "/health", env=env,
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{uri}/health", timeout=180, process=server)
         created = httpx.post(
             f"{uri}/api/2.0/mlflow/users/create", json={"username": SERVICE_USER, "password": SERVICE_PASSWORD},
             auth=("admin", ADMIN_PASSWORD), timeout=30,
@@ -67,7 +64,6 @@ def tracking(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
     finally:
         stop_process(server, timeout=30)
-        log.close()
 
 
 def sign_in(monkeypatch: pytest.MonkeyPatch, tracking: str, user: str, password: str) -> MlflowClient:

@@ -1,11 +1,10 @@
 """Training and registry against a real `mlflow server` process (sqlite backend) on 127.0.0.1."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, stop_process, training_env, wait_for_http
+from conftest import start_server, stop_process, training_env
 
 from healthpredict.registry import CHALLENGER, load_model, version_by_alias
 from healthpredict.settings import Settings
@@ -15,21 +14,18 @@ pytestmark = pytest.mark.integration
 
 
 def test_train_registers_on_a_tracking_server(real_split_home: Path, tmp_path: Path) -> None:
-    port = free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    log = (tmp_path / "mlflow.log").open("wb")
-    server = subprocess.Popen(
-        [
+    server, port = start_server(  # its job runner is told the port it was given: a free port, retried
+        lambda port: [
             str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
             "--artifacts-destination", str(server_dir / "artifacts"), "--workers", "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT,
+        tmp_path / "mlflow.log", "/health", timeout=90,
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{uri}/health", timeout=90, process=server)
         settings = Settings.from_env(
             training_env(tmp_path / "client", real_split_home, MLFLOW_TRACKING_URI=uri, HEALTHPREDICT_FAMILIES="logreg")
         )
@@ -46,4 +42,3 @@ def test_train_registers_on_a_tracking_server(real_split_home: Path, tmp_path: P
         assert not (tmp_path / "client" / "mlartifacts").exists()
     finally:
         stop_process(server)
-        log.close()

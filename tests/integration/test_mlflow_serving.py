@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -15,7 +14,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from conftest import free_port, make_settings, stop_process, wait_for_http
+from conftest import make_settings, start_server, stop_process
 from litestar.testing import TestClient
 
 from healthpredict.deploy.verify import to_request_records
@@ -60,20 +59,17 @@ def test_mlflow_models_serve_answers_like_the_service(real_split_home: Path, tmp
             time.sleep(0.1)
         service = [client.post("/v1/predict", json=record).json() for record in records]
 
-    port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     # `mlflow models serve` starts `uvicorn` from the PATH: the venv's bin, as with an activated venv
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": settings.tracking.tracking_uri}
-    log = (tmp_path / "mlflow-serve.log").open("wb")
-    server = subprocess.Popen(
-        [str(mlflow_cli if mlflow_cli.exists() else shutil.which("mlflow")), "models", "serve", "-m",
-         f"models:/{settings.tracking.model_name}@champion", "--env-manager", "local", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=log, cwd=tmp_path,
+    server, port = start_server(  # it takes --port 0 for "uvicorn's default", 8000: a free port, retried
+        lambda port: [str(mlflow_cli if mlflow_cli.exists() else shutil.which("mlflow")), "models", "serve", "-m",
+                      f"models:/{settings.tracking.model_name}@champion", "--env-manager", "local",
+                      "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path / "mlflow-serve.log", "/ping", env=env, cwd=tmp_path,
     )  # fmt: skip
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, process=server)
         body = json.dumps({"dataframe_records": records}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
@@ -82,7 +78,6 @@ def test_mlflow_models_serve_answers_like_the_service(real_split_home: Path, tmp
             answers: list[dict[str, Any]] = json.loads(response.read())["predictions"]
     finally:
         stop_process(server)
-        log.close()
 
     assert len(answers) == len(service) == RECORDS
     for served, native in zip(service, answers, strict=True):

@@ -5,6 +5,7 @@ rules evaluated by Prometheus, and every dashboard query answered with data."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,16 @@ import httpx
 import mlflow
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, free_port, make_settings, require_executable, stop_process, wait_for_http
+from conftest import (
+    EXPORTER_PORT,
+    PROJECT_ROOT,
+    UVICORN_PORT,
+    make_settings,
+    reported_port,
+    require_executable,
+    stop_process,
+    wait_for_http,
+)
 from test_fast_inference_real import fitted_pipeline, real_parts, request_bodies
 
 from healthpredict.drift import DriftResult, check_drift, monitor_batch
@@ -82,39 +92,45 @@ def stack(model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Itera
     prometheus = require_executable("prometheus", "apt-get install prometheus")
     pushgateway = require_executable("prometheus-pushgateway", "apt-get install prometheus-pushgateway")
     work = tmp_path_factory.mktemp("monitoring-stack")
-    ports = {name: free_port() for name in ("service", "pushgateway", "prometheus")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     env.update(
         HEALTHPREDICT_HOME=str(work / "home"), HEALTHPREDICT_MODEL_URI=model.uri,
         HEALTHPREDICT_MODEL_SHA256=artifact_digest(Path(model.uri)), HEALTHPREDICT_MODEL_POLL_SECONDS="0",
     )  # fmt: skip
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": "healthpredict-service", "metrics_path": "/metrics",
-             "static_configs": [{"targets": [f"127.0.0.1:{ports['service']}"]}]},
-            {"job_name": "pushgateway", "honor_labels": True,
-             "static_configs": [{"targets": [f"127.0.0.1:{ports['pushgateway']}"]}]},
-        ],
-    }  # fmt: skip
-    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-c", "from cli.main import main; raise SystemExit(main())"]
-    processes = [
-        _start([*command, "serve", "--host", "127.0.0.1", "--port", str(ports["service"])], work / "serve.log",
-               cwd=PROJECT_ROOT, env=env),
-        _start([pushgateway, f"--web.listen-address=127.0.0.1:{ports['pushgateway']}"], work / "pushgateway.log"),
-        _start([prometheus, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-                f"--web.listen-address=127.0.0.1:{ports['prometheus']}"], work / "prometheus.log"),
-    ]  # fmt: skip
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    processes: list[subprocess.Popen[bytes]] = []
+    urls: dict[str, str] = {}
+
+    def start(name: str, args: list[str], pattern: re.Pattern[str], **kwargs: Any) -> None:
+        """Start a server on port 0: it binds a port itself and names it in its log."""
+        log = work / f"{name}.log"
+        processes.append(_start(args, log, **kwargs))
+        urls[name] = f"http://127.0.0.1:{reported_port(log, processes[-1], pattern, timeout=90)}"
+
     try:
+        start("service", [*command, "serve", "--host", "127.0.0.1", "--port", "0"], UVICORN_PORT, cwd=PROJECT_ROOT,
+              env=env)  # fmt: skip
+        start("pushgateway", [pushgateway, "--web.listen-address=127.0.0.1:0"], EXPORTER_PORT)
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {"job_name": "healthpredict-service", "metrics_path": "/metrics",
+                 "static_configs": [{"targets": [urls["service"].removeprefix("http://")]}]},
+                {"job_name": "pushgateway", "honor_labels": True,
+                 "static_configs": [{"targets": [urls["pushgateway"].removeprefix("http://")]}]},
+            ],
+        }  # fmt: skip
+        (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+        start("prometheus", [prometheus, f"--config.file={work / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={work / 'data'}", "--web.listen-address=127.0.0.1:0"],
+              EXPORTER_PORT)  # fmt: skip
         wait_for_http(f"{urls['pushgateway']}/-/ready", process=processes[1])
         wait_for_http(f"{urls['prometheus']}/-/ready", process=processes[2])
         wait_for_http(f"{urls['service']}/health/live", timeout=90, process=processes[0])
         deadline = time.monotonic() + 90
         while httpx.get(f"{urls['service']}/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, (work / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, (work / "service.log").read_text()[-2000:]
             time.sleep(0.2)
         yield Stack(urls["service"], urls["pushgateway"], urls["prometheus"], work)
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, stop_process, wait_for_http
+from conftest import start_server, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -25,26 +25,23 @@ AUTH_STRING = "healthpredict:prefect-password-for-the-test-1"
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """The server's API URL and a client environment without the auth string."""
     folder = tmp_path_factory.mktemp("prefect-auth")
-    port = free_port()
     base = {
         **os.environ, "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "true",
     }  # fmt: skip
     for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY", "PREFECT_SERVER_API_AUTH_STRING"):
         base.pop(name, None)
-    log = (folder / "prefect.log").open("wb")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env={**base, "PREFECT_SERVER_API_AUTH_STRING": AUTH_STRING}, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+    server, port = start_server(  # Prefect cannot report a port it chose: a free port, retried
+        lambda port: [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+                      "--port", str(port)],
+        folder / "prefect.log", "/api/health", timeout=240,
+        env={**base, "PREFECT_SERVER_API_AUTH_STRING": AUTH_STRING}, cwd=folder,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
     try:
-        wait_for_http(f"{url}/health", timeout=240, process=server)
         yield url, {**base, "PREFECT_API_URL": url}
     finally:
         stop_process(server, timeout=30)
-        log.close()
 
 
 def test_the_health_probe_needs_no_credentials_and_the_api_refuses_calls_without_them(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, free_port, stop_process, training_env, wait_for_http
+from conftest import PROJECT_ROOT, start_server, stop_process, training_env
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration
@@ -17,19 +17,16 @@ pytestmark = pytest.mark.integration
 
 def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp_path: Path) -> None:
     prefect = str(Path(sys.executable).with_name("prefect"))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
     home = tmp_path / "home"
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
         **training_env(home, real_split_home),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
     }
-    worker_env = {**env, "HEALTHPREDICT_WORKDIR": str(tmp_path / "worker-workdir")}
+    env.pop("PREFECT_API_URL", None)  # set to the server's once it listens
     elsewhere = tmp_path / "worker-started-here"
     elsewhere.mkdir()
     processes: list[subprocess.Popen[bytes]] = []
@@ -51,8 +48,13 @@ def test_train_and_deploy_deployments_run_on_a_worker(real_split_home: Path, tmp
         return done
 
     try:
-        server = start([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
-        wait_for_http(f"{api}/health", timeout=120, process=server)
+        server, port = start_server(  # Prefect cannot report a port it chose: a free port, retried
+            lambda port: [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path / "server.log", "/api/health", timeout=120, env=env, cwd=PROJECT_ROOT,
+        )  # fmt: skip
+        processes.append(server)
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        worker_env = {**env, "HEALTHPREDICT_WORKDIR": str(tmp_path / "worker-workdir")}
         run("work-pool", "create", "healthpredict", "--type", "process")
         deployed = run("deploy", "--all")
         for name in (

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, stop_process, training_env
+from conftest import start_server, stop_process, training_env, wait_for_log
 
 from healthpredict.settings import Settings
 from healthpredict.split import SplitReader
@@ -22,11 +22,14 @@ pytestmark = pytest.mark.integration
 # Nothing leaves the loopback range.
 
 
+RAY = str(Path(sys.executable).with_name("ray"))
+# a multi-node cluster (see above)
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+
+
 def _ray(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    ray = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # a multi-node cluster (see above)
-    return subprocess.Popen([ray, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    env = {**os.environ, **RAY_ENV}
+    return subprocess.Popen([RAY, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
 HEAVIEST_FOREST = {
@@ -60,20 +63,18 @@ def _wait_until_both_nodes_run_tasks(nodes: set[str], timeout_s: float = 90) -> 
 def test_search_runs_on_a_two_node_cluster(real_split_home: Path, tmp_path: Path) -> None:
     import ray
 
-    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's unix socket paths must stay short
-    address = f"127.0.0.2:{port}"
     common = ["--block", "--num-cpus", "1", "--disable-usage-stats"]
-    head = _ray(
-        "start", "--head", "--port", str(port), "--include-dashboard", "false",
-        "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.2", *common, log=tmp_path / "head.log",
-    )  # fmt: skip
-    worker = None
+    head_log = tmp_path / "head.log"
+    head, worker = None, None
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and "Ray runtime started" not in (tmp_path / "head.log").read_text():
-            assert head.poll() is None, (tmp_path / "head.log").read_text()
-            time.sleep(0.5)
+        head, port = start_server(  # the head cannot report a GCS port it chose: a free port, retried
+            lambda port: [RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                          "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.2", *common],
+            head_log, lambda port, process: wait_for_log(head_log, "Ray runtime started", process, timeout=90),
+            env={**os.environ, **RAY_ENV},
+        )  # fmt: skip
+        address = f"127.0.0.2:{port}"
         worker = _ray(
             "start", "--address", address, "--node-ip-address", "127.0.0.3", *common,
             log=tmp_path / "worker.log",

@@ -15,11 +15,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, make_settings, stop_process, wait_for_http
+from conftest import make_settings, reported_port, stop_process, wait_for_http
 from corpus import MALFORMED
 
 from healthpredict.deploy.verify import to_request_records
@@ -68,17 +69,22 @@ def model_folder(real_split_home: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def serve(model_folder: Path, home: Path, **env: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    """``healthpredict serve`` on a port it binds itself (``--port 0``), ready; returns the process and its port."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     clean.update(HEALTHPREDICT_HOME=str(home), HEALTHPREDICT_MODEL_URI=str(model_folder), **env)
     clean.setdefault("HEALTHPREDICT_MODEL_SHA256", artifact_digest(model_folder))
     home.mkdir(parents=True, exist_ok=True)
-    log = (home / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("healthpredict")), "serve", "--port", str(port)],
-        env=clean, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    wait_for_http(f"http://127.0.0.1:{port}/health/ready", timeout=180, process=process)
+    with (home / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("healthpredict")), "serve", "--port", "0"],
+            env=clean, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        port = reported_port(home / "serve.log", process)
+        wait_for_http(f"http://127.0.0.1:{port}/health/ready", timeout=180, process=process)
+    except BaseException:
+        stop_process(process)
+        raise
     return process, port
 
 
@@ -157,6 +163,7 @@ def test_slow_clients_do_not_lock_legitimate_requests_out(
     slow_bodies: list[socket.socket] = []
     partial: list[socket.socket] = []
     stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1)
 
     def trickle() -> None:  # one more body byte on every slow connection every 2 s
         sent = 1
@@ -172,8 +179,7 @@ def test_slow_clients_do_not_lock_legitimate_requests_out(
             slow_bodies.append(open_connection(port, head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1]))
         for _ in range(300):
             partial.append(open_connection(port, head + b"X-Partial: "))
-        trickler = threading.Thread(target=trickle, daemon=True)
-        trickler.start()
+        trickler = pool.submit(trickle)  # a future: what it raises is raised by .result() below
         slowest = 0.0
         for record in real_records[:20]:  # while all 364 are open
             started = time.monotonic()
@@ -190,8 +196,11 @@ def test_slow_clients_do_not_lock_legitimate_requests_out(
         body_answer = [closed_by_server(c, within=deadline - time.monotonic()) for c in slow_bodies]
         assert all(a is not None and a.startswith(b"HTTP/1.1 408") for a in body_answer), body_answer[:3]
         assert request(port, "GET", "/health/ready")[0] == 200
+        stop.set()
+        trickler.result(timeout=10)
     finally:
         stop.set()
+        pool.shutdown(wait=True)
         for connection in slow_bodies + partial:
             connection.close()
         stop_process(process)
@@ -236,46 +245,50 @@ def test_concurrent_maximum_size_bodies_stay_under_the_memory_limit(
         limit = ServiceSettings().max_body_bytes
         body = body[:-2] + b" " * (limit - len(body) - 1) + body[-2:]  # padded to one byte under the limit
         single = json.dumps(real_records[0]).encode()
-        statuses: Counter[tuple[str, int | str]] = Counter()
-        live_seconds: list[float] = []
         idle = rss_bytes(process.pid)
-        peak = [idle]
+        peak = idle
         done = threading.Event()
 
-        def client(path: str, payload: bytes) -> None:
+        def client(path: str, payload: bytes) -> tuple[str, int | str]:
             try:
-                statuses[path, request(port, "POST", path, payload, timeout=300)[0]] += 1
+                return path, request(port, "POST", path, payload, timeout=300)[0]
             except OSError as exc:
-                statuses[path, type(exc).__name__] += 1
+                return path, type(exc).__name__
 
-        def watch() -> None:
+        def watch() -> list[tuple[int, float]]:
+            """(status, seconds) of each /health/live probe while the load runs; the peak RSS meanwhile."""
+            nonlocal peak
+            probes = []
             while not done.is_set():
-                peak[0] = max(peak[0], rss_bytes(process.pid))
+                peak = max(peak, rss_bytes(process.pid))
                 started = time.monotonic()
-                assert request(port, "GET", "/health/live", timeout=30)[0] == 200
-                live_seconds.append(time.monotonic() - started)
+                status = request(port, "GET", "/health/live", timeout=30)[0]
+                probes.append((status, time.monotonic() - started))
                 time.sleep(0.02)
+            return probes
 
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        clients = [threading.Thread(target=client, args=("/v1/predict/batch", body)) for _ in range(24)]
-        clients += [threading.Thread(target=client, args=("/v1/predict", single)) for _ in range(58)]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join(600)
-        done.set()
-        watcher.join(60)
+        # futures, not bare threads: what a client or the watcher raises is raised here by .result()
+        with ThreadPoolExecutor(max_workers=1 + 24 + 58) as pool:
+            watcher = pool.submit(watch)
+            try:
+                clients = [pool.submit(client, "/v1/predict/batch", body) for _ in range(24)]
+                clients += [pool.submit(client, "/v1/predict", single) for _ in range(58)]
+                statuses = Counter(future.result(timeout=600) for future in clients)
+            finally:
+                done.set()
+            probes = watcher.result(timeout=60)
+        live_seconds = [seconds for _, seconds in probes]
+        assert probes and {status for status, _ in probes} == {200}, Counter(status for status, _ in probes)
         batches = {status: n for (path, status), n in statuses.items() if path.endswith("batch")}
         assert sum(batches.values()) == 24 and set(batches) <= {200, 503}, statuses
         assert batches.get(200, 0) >= 1 and batches.get(503, 0) >= 1, statuses  # some served, the rest told to retry
         assert statuses["/v1/predict", 200] == 58, statuses
         ceiling = MEMORY_SHARE * pod_memory_limit()
-        assert peak[0] <= ceiling, f"peak RSS {peak[0] / 2**20:.0f} MiB over {ceiling / 2**20:.0f} MiB"
-        growth, room = peak[0] - idle, ceiling - IDLE_IN_IMAGE
+        assert peak <= ceiling, f"peak RSS {peak / 2**20:.0f} MiB over {ceiling / 2**20:.0f} MiB"
+        growth, room = peak - idle, ceiling - IDLE_IN_IMAGE
         assert growth <= room, f"the load added {growth / 2**20:.0f} MiB; a production model leaves {room / 2**20:.0f}"
         assert live_seconds and max(live_seconds) < 5.0, max(live_seconds)
-        print(f"statuses {dict(statuses)}, idle RSS {idle / 2**20:.0f} MiB, peak RSS {peak[0] / 2**20:.0f} MiB, "
+        print(f"statuses {dict(statuses)}, idle RSS {idle / 2**20:.0f} MiB, peak RSS {peak / 2**20:.0f} MiB, "
               f"slowest /health/live {max(live_seconds) * 1000:.0f} ms")  # fmt: skip
     finally:
         stop_process(process)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT, free_port, make_settings, stop_process, wait_for_http
+from conftest import PROJECT_ROOT, free_port, make_settings, reported_port, stop_process, wait_for_http
 from litestar.testing import TestClient
 from mlflow import MlflowClient
 from test_fast_inference_real import fitted_pipeline, real_parts, request_bodies
@@ -86,8 +87,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, real_split_home: Path) ->
 
 @pytest.fixture(scope="module")
 def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``healthpredict serve`` in its own process on 127.0.0.1, stopped by PID."""
-    port = free_port()
+    """``healthpredict serve`` in its own process on 127.0.0.1, on a port it binds itself, stopped by PID."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HEALTHPREDICT_"))}
     env.update(
         HEALTHPREDICT_HOME=str(registry.home),
@@ -97,11 +97,11 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
     command = [sys.executable, "-c", "from cli.main import main; raise SystemExit(main())"]
     process = subprocess.Popen(
-        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=log,
+        [*command, "serve", "--host", "127.0.0.1", "--port", "0"], cwd=PROJECT_ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
+        base = f"http://127.0.0.1:{reported_port(Path(log.name), process, timeout=90)}"
         wait_for_http(f"{base}/health/live", timeout=90, process=process)
         deadline = time.monotonic() + 90
         while httpx.get(f"{base}/health/ready").status_code != 200:
@@ -142,22 +142,27 @@ def test_uvicorn_process_serves_the_registered_champion(server: str, registry: R
 
 
 class LoadGenerator:
-    """Threads posting real records until stopped; every answer is checked against its version's pipeline."""
+    """Threads posting real records until stopped; every answer is checked against its version's pipeline.
+
+    Failed requests are collected in ``failures``; anything else a thread raises is raised again on leaving the
+    ``with`` block (the threads run as futures)."""
 
     def __init__(self, base: str, bodies: list[bytes], threads: int = 4) -> None:
         self.base = base
         self.bodies = bodies
+        self.threads = threads
         self.stop = threading.Event()
         self.failures: list[str] = []
         self.answers: list[tuple[int, str, float]] = []  # (row, version, probability)
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.futures: list[Future[None]] = []
 
     def _run(self, worker: int) -> None:
         with httpx.Client(base_url=self.base, headers=JSON, timeout=30) as client:
             i = worker
             while not self.stop.is_set() and len(self.answers) < 50_000:
                 row = i % len(self.bodies)
-                i += len(self.threads)
+                i += self.threads
                 try:
                     response = client.post("/v1/predict", content=self.bodies[row])
                 except httpx.HTTPError as exc:
@@ -170,14 +175,15 @@ class LoadGenerator:
                 self.answers.append((row, answer["model_version"], answer["probability"]))
 
     def __enter__(self) -> LoadGenerator:
-        for thread in self.threads:
-            thread.start()
+        self.futures = [self.pool.submit(self._run, i) for i in range(self.threads)]
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
+        self.pool.shutdown(wait=True)
+        if exc_type is None:  # an error in the block is the one to report
+            for future in self.futures:
+                future.result()
 
 
 def wait_for_version(base: str, version: str, timeout: float = 30.0) -> None:

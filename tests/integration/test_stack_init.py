@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, create_bucket, free_port, stop_process, wait_for_http
+from conftest import PROJECT_ROOT, create_bucket, start_server, stop_process
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -50,8 +50,6 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
     tmp_path: Path, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bin_dir = Path(sys.executable).parent
-    prefect_port, mlflow_port = free_port(), free_port()
-    api, tracking = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
     create_bucket(aws_env["AWS_ENDPOINT_URL"], "hp-stack")
     base = {
         **os.environ, **aws_env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -61,30 +59,26 @@ def test_init_makes_the_prefect_ui_ready_and_the_registry_read_only_for_the_api(
         base.pop(name, None)
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
-        out = (tmp_path / log).open("wb")
-        process = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-        processes.append(process)
-        return process
-
-    try:
-        prefect = start(
-            [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            {**base, "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH_STRING}, "prefect.log",
+    try:  # neither server can report a port it chose: free ports, retried
+        prefect, prefect_port = start_server(
+            lambda port: [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path / "prefect.log", "/api/health", cwd=tmp_path,
+            env={**base, "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH_STRING},
         )  # fmt: skip
+        processes.append(prefect)
         mlflow_env = {
             **base, "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path / 'auth.db'}",
             "MLFLOW_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
             "MLFLOW_READ_ONLY_USERS": "healthpredict-service", "TMPDIR": str(tmp_path),
         }  # fmt: skip
-        mlflow = start(
-            ["sh", str(PROJECT_ROOT / "docker" / "mlflow" / "start-mlflow.sh"), "server", "--app-name", "basic-auth",
-             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1",
-             "--port", str(mlflow_port)],
-            mlflow_env, "mlflow.log",
+        mlflow, mlflow_port = start_server(
+            lambda port: ["sh", str(PROJECT_ROOT / "docker" / "mlflow" / "start-mlflow.sh"), "server", "--app-name",
+                          "basic-auth", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path / "mlflow.log", "/health", env=mlflow_env, cwd=tmp_path,
         )  # fmt: skip
-        wait_for_http(f"{api}/health", timeout=180, process=prefect)
-        wait_for_http(f"{tracking}/health", timeout=180, process=mlflow)
+        processes.append(mlflow)
+        api, tracking = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
 
         init_env = {
             **base, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": PREFECT_AUTH_STRING,

@@ -248,6 +248,10 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient[Any]
 
 
 def test_service_exports_the_scores_it_answered(client: TestClient[Any]) -> None:
+    """Counted as growth from before the requests: the module's client may have answered others already (that
+    the warm-up is not counted, test_service_hardening checks on a fresh service)."""
+    registry = client.app.state.service.metrics.registry
+    before = samples(registry)
     answered = []
     for hours in (1, 5, 9):
         body = json.dumps({**EXAMPLE_RECORD, "time_in_hospital": hours})
@@ -255,10 +259,13 @@ def test_service_exports_the_scores_it_answered(client: TestClient[Any]) -> None
     batch = json.dumps({"records": [{**EXAMPLE_RECORD, "number_inpatient": n} for n in range(6)]})
     batch_answer = client.post("/v1/predict/batch", content=batch, headers=JSON).json()
     answered += [p["probability"] for p in batch_answer["predictions"]]
-    registry = client.app.state.service.metrics.registry
-    found = samples(registry)
-    assert found[("healthpredict_prediction_score_count", ())] == len(answered) == 9  # warm-up not counted
-    assert found[("healthpredict_prediction_score_sum", ())] == pytest.approx(sum(answered))
+    after = samples(registry)
+
+    def grew(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    assert grew("healthpredict_prediction_score_count") == len(answered) == 9
+    assert grew("healthpredict_prediction_score_sum") == pytest.approx(sum(answered))
     for bound in SCORE_BUCKETS:
         expected = sum(p <= bound for p in answered)
-        assert found[("healthpredict_prediction_score_bucket", (("le", repr(bound)),))] == expected
+        assert grew("healthpredict_prediction_score_bucket", (("le", repr(bound)),)) == expected

@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def test_warm_up_requests_are_not_counted(model: tuple[Path, Any], tmp_path: Pat
         metrics = test_client.get("/metrics").text
         assert 'healthpredict_predictions_total{label="0"} 0.0' in metrics
         assert 'healthpredict_predictions_total{label="1"} 0.0' in metrics
+        assert "healthpredict_prediction_score_count 0.0" in metrics
         assert 'route="/v1/predict' not in metrics
         assert post(test_client, "/v1/predict", EXAMPLE_RECORD).status_code == 200
         after = test_client.get("/metrics").text
@@ -133,15 +135,17 @@ def test_a_second_reload_during_one_answers_409(model: tuple[Path, Any], tmp_pat
         wait_ready(test_client)
         manager: ModelManager = test_client.app.state.service.manager
         manager._loader = slow_loader
-        first = threading.Thread(target=manager.reload)
-        first.start()
-        assert started.wait(30)
-        began = time.monotonic()
-        response = test_client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert response.status_code == 409 and "already in progress" in response.json()["detail"]
-        assert time.monotonic() - began < 2  # at once, not after the running reload
-        release.set()
-        first.join(30)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(manager.reload)  # a future: what the reload raises is raised by .result()
+            try:
+                assert started.wait(30)
+                began = time.monotonic()
+                response = test_client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+                assert response.status_code == 409 and "already in progress" in response.json()["detail"]
+                assert time.monotonic() - began < 2  # at once, not after the running reload
+            finally:
+                release.set()
+            assert first.result(timeout=30).version == str(model[0])  # the first reload went through
 
 
 class Clock:
