@@ -207,9 +207,7 @@ def test_a_live_service_that_serves_another_model_is_refused_and_the_rollout_und
 
     settings, champion, challenger = two_versions
     records = smoke_records(settings)
-    lying = LyingCandidate(
-        free_port(), challenger, load_model(version_uri(settings, champion)).predict_proba(records).tolist()
-    )
+    lying = LyingCandidate(0, challenger, load_model(version_uri(settings, champion)).predict_proba(records).tolist())
     try:
         url = f"http://127.0.0.1:{lying.server.server_address[1]}"
         api, clock = FakeApi(), FakeClock()
