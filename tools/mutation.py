@@ -17,8 +17,11 @@ no tests + timeout): a function no owning test reaches counts against its module
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,10 +92,23 @@ def scratch_copy(module: str, tests: tuple[str, ...], root: Path) -> Path:
 
 
 def mutmut(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """``mutmut *args`` in ``cwd``; at ``timeout`` its whole process group ends (its workers and a mutant that
+    hangs included), and :class:`subprocess.TimeoutExpired` is raised."""
     executable = Path(sys.executable).with_name("mutmut")
-    return subprocess.run(
-        [str(executable), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    process = subprocess.Popen(
+        [str(executable), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # workers left behind by a finished run
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def run_module(module: str, tests: tuple[str, ...], max_children: int, timeout_s: float, keep: bool) -> ModuleResult:
