@@ -90,17 +90,31 @@ def finished_runs(api: str, ids: list[str], timeout: float) -> dict[str, Any]:
         time.sleep(3)
 
 
-def lock_events(api: str, flow_run_id: str) -> list[tuple[datetime, str]]:
-    """The champion lock's log lines of one flow run (and its tasks), with their timestamps."""
+def lock_events(api: str, flow_run_id: str, timeout: float = 60.0) -> list[tuple[datetime, str]]:
+    """The champion lock's log lines of one flow run (and its tasks), with their timestamps: every page of the run's
+    logs (the API answers 200 at a time), read again until the release is among them, as log lines reach the
+    server after the run's final state."""
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     async def read() -> list[tuple[datetime, str]]:
+        found, page = [], 200
         async with PrefectClient(api) as client:
-            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            return sorted((log.timestamp, log.message) for log in logs if "champion lock" in log.message)
+            while True:
+                logs = await client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=page, offset=len(found)
+                )
+                found += logs
+                if len(logs) < page:
+                    break
+        return sorted((log.timestamp, log.message) for log in found if "champion lock" in log.message)
 
-    return asyncio.run(read())
+    deadline = time.monotonic() + timeout
+    while True:
+        events = asyncio.run(read())
+        if any(message == "champion lock released" for _, message in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(2)
 
 
 def section(events: list[tuple[datetime, str]]) -> tuple[datetime, datetime]:
