@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,26 +179,23 @@ def ray_session(settings: Settings) -> Iterator[None]:
         yield
         return
     address = settings.training.ray_address
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    with ExitStack() as stack:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            api_home = stack.enter_context(tempfile.TemporaryDirectory(prefix="healthpredict-ray-api-"))
+            (Path(api_home) / "ray_bootstrap_config.yaml").write_text("{}\n")
+            with _api_server_home(api_home):
+                ray.init(
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
         try:
             yield
         finally:
-            ray.shutdown()
-        return
-    with tempfile.TemporaryDirectory(prefix="healthpredict-ray-api-") as api_home:
-        (Path(api_home) / "ray_bootstrap_config.yaml").write_text("{}\n")
-        with _api_server_home(api_home):
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        try:
-            yield
-        finally:
-            ray.shutdown()
+            ray.shutdown()  # before the API server's private HOME is removed
 
 
 @contextmanager
