@@ -10,8 +10,10 @@ report (``--report``, JSON). ``make mutation`` runs it; docs/MUTATION.md records
     .venv/bin/mutmut show <mutant name>    # in the scratch folder the report names, to see one mutant's diff
 
 A mutant is *killed* when a selected test fails on it, *survived* when all pass, *no tests* when no selected test
-runs its function (mutmut maps tests to functions first). The kill rate reported is killed / (killed + survived +
-no tests + timeout): a function no owning test reaches counts against its module.
+runs its function (mutmut maps tests to functions first). The kill rate reported is (killed + timeout) /
+(killed + survived + no tests + timeout): a function no owning test reaches counts against its module. A mutant
+that times out makes its tests hang, which the suite's pytest-timeout turns into a failure: it counts as caught,
+and is shown apart.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ MODULES: dict[str, tuple[str, ...]] = {
     "healthpredict/gate.py": ("tests/unit/test_gate.py",),
     "healthpredict/audit.py": ("tests/unit/test_audit.py",),
     "healthpredict/improve/policy.py": ("tests/unit/test_improve.py",),
+    "healthpredict/improve/loop.py": ("tests/unit/test_improve_loop.py",),
     "healthpredict/drift.py": ("tests/unit/test_drift.py",),
     "healthpredict/model_format.py": ("tests/unit/test_model_trust.py", "tests/unit/test_model_routes.py"),
     "healthpredict/deploy/__init__.py": ("tests/unit/test_deploy.py",),
+    "healthpredict/deploy/verify.py": ("tests/unit/test_deploy_verify.py",),
     "healthpredict/deploy/kubernetes.py": ("tests/unit/test_deploy_kubernetes.py",),
     "service/limits.py": ("tests/unit/test_service_hardening.py",),
+    "service/batch_scoring.py": ("tests/unit/test_batch_scoring.py",),
 }
 
 #: Folders every test run imports from besides the mutated package (copied next to the mutants).
@@ -65,7 +70,8 @@ class ModuleResult:
     @property
     def kill_rate(self) -> float | None:
         judged = sum(self.counts.get(k, 0) for k in ("killed", "survived", "no_tests", "timeout"))
-        return self.counts.get("killed", 0) / judged if judged else None
+        caught = self.counts.get("killed", 0) + self.counts.get("timeout", 0)
+        return caught / judged if judged else None
 
 
 def scratch_copy(module: str, tests: tuple[str, ...], root: Path) -> Path:
