@@ -284,6 +284,57 @@ def start_server(
     raise AssertionError("unreachable")
 
 
+class JsonServer:
+    """A JSON HTTP server on 127.0.0.1, on a port it binds itself, serving from a thread: ``answer(method, path,
+    body)`` gives the status and the JSON body of each reply (the path without its query). Every request is
+    recorded in :attr:`requests` as ``(method, path)``. Stopped by :meth:`close`, or at the end of a ``with``."""
+
+    def __init__(self, answer: Callable[[str, str, bytes], tuple[int, Any]]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str]] = []
+        requests = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?", 1)[0]
+                requests.append((self.command, path))
+                status, payload = answer(self.command, path, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=10)
+            self.closed = True
+
+    def __enter__(self) -> JsonServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Stop a child we started, by PID: SIGTERM, then SIGKILL if it lingers."""
     if process.poll() is None:
@@ -462,6 +513,36 @@ def docker_client() -> Iterator[object]:
         log.close()
         DOCKER_ENGINE.clear()
         shutil.rmtree(state, ignore_errors=True)
+
+
+#: The line Debian's ``docker-registry`` (the Distribution registry) logs once it listens, naming the bound port.
+REGISTRY_PORT = re.compile(r'msg="listening on 127\.0\.0\.1:(\d+)"')
+
+
+@pytest.fixture(scope="module")
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An image registry (Debian's ``docker-registry``) on 127.0.0.1, on a port it binds itself, storing in a
+    temporary folder; yields its ``host:port``, stopped by PID afterwards. Docker pushes to a loopback registry
+    over plain HTTP without any engine setting."""
+    import shutil
+
+    registry = shutil.which("docker-registry")
+    if registry is None:
+        tool_unavailable("docker-registry (Debian package docker-registry) is required to push an image for real")
+    state = tmp_path_factory.mktemp("registry")
+    (state / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {state / 'data'}\n"
+        "  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n"
+    )
+    log = state / "registry.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([registry, "serve", str(state / "config.yml")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = reported_port(log, process, REGISTRY_PORT, timeout=60)
+        wait_for_http(f"http://127.0.0.1:{port}/v2/", process=process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""The ``local`` target: a real uvicorn candidate on a free loopback port, verified before anything moves.
+"""The ``local`` target: a real uvicorn candidate on a loopback port it binds itself, verified before anything moves.
 
-1. start ``healthpredict serve`` for the exact version (``models:/name/N``) on a free port;
+1. start ``healthpredict serve`` for the exact version (``models:/name/N``) on port 0: it binds a free port itself
+   and names it in its log, so no other process can take the port between its choice and the bind;
 2. verify it: ready, reports version N, smoke predictions equal the offline model's; stop it;
 3. after ``champion`` moves, switch the running service (``HEALTHPREDICT_SERVICE_URL``), if there is one, by
    an authenticated ``POST /admin/reload``, and check it reports N.
@@ -11,7 +12,7 @@ was switched reloads again and must report the previous version.
 
 from __future__ import annotations
 
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -31,10 +32,26 @@ from healthpredict.settings import Settings, process_environment
 READY_TIMEOUT_S = 120.0
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: uvicorn's line once it listens; with ``--port 0`` it names the port the system chose.
+LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+) ")
+
+
+def listening_port(
+    process: subprocess.Popen[bytes], log_path: Path, offset: int = 0, timeout: float = READY_TIMEOUT_S
+) -> int:
+    """The port a service started on port 0 names in its log (read from ``offset``) once it listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        said = log_path.read_bytes()[offset:] if log_path.exists() else b""
+        if match := LISTENING.search(said):
+            return int(match.group(1))
+        if process.poll() is not None:
+            raise DeploymentError(
+                f"candidate exited with code {process.returncode} before it listened (log {log_path})"
+            )
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"candidate did not listen within {timeout:.0f} s (log {log_path})")
+        time.sleep(0.2)
 
 
 def start_service(settings: Settings, model_uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -93,12 +110,12 @@ class LocalTarget:
         settings = self.settings
         offline = load_offline(settings, version)
         records = smoke_records(settings)
-        port = free_loopback_port()
-        base_url = f"http://127.0.0.1:{port}"
         log_path = settings.home / "deploy" / f"candidate-v{version}.log"
-        candidate = start_service(settings, version_uri(settings, version), port, log_path)
-        report.step(f"candidate started at {base_url} (pid {candidate.pid}, log {log_path})")
+        offset = log_path.stat().st_size if log_path.exists() else 0  # the log of an earlier try is appended to
+        candidate = start_service(settings, version_uri(settings, version), 0, log_path)
         try:
+            base_url = f"http://127.0.0.1:{listening_port(candidate, log_path, offset)}"
+            report.step(f"candidate started at {base_url} (pid {candidate.pid}, log {log_path})")
             wait_ready(base_url, candidate)
             verify_service(base_url, version, offline, records)
             report.step(f"candidate verified: ready, reports version {version}, {len(records)} smoke predictions match")

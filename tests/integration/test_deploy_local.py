@@ -1,15 +1,13 @@
 """The `local` deployment target end to end: verified promotion, a switch under load, a broken candidate."""
 
-import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import register_logreg, reported_port, stop_process, training_env
+from conftest import JsonServer, register_logreg, reported_port, stop_process, training_env
 from mlflow import MlflowClient
 
 from healthpredict.deploy import DeploymentError, deploy_version
@@ -105,46 +103,29 @@ def test_local_target_promotes_switches_and_rolls_back(
         os.environ.pop("HEALTHPREDICT_SERVICE_URL", None)
 
 
-class LyingCandidate:
+class LyingCandidate(JsonServer):
     """A candidate in place of ``healthpredict serve``: ready, it reports ``claims`` as its version and answers the
-    smoke records with ``probabilities`` (another model's). Quacks like the Popen the local target stops."""
+    smoke records with ``probabilities`` (another model's). Like the service, it names the port it bound in its log
+    (``log``); and it quacks like the Popen the local target stops."""
 
-    def __init__(self, port: int, claims: str, probabilities: list[float]) -> None:
+    def __init__(self, claims: str, probabilities: list[float], log: Path | None = None) -> None:
         answers = {
             "/health/ready": {"status": "ready"},
             "/v1/model": {"name": "health-predict", "version": claims},
             "/v1/predict/batch": {"predictions": [{"probability": p} for p in probabilities]},
         }
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.dumps(answers[self.path]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(lambda method, path, body: (200, answers[path]) if path in answers else (404, {}))
+        if log is not None:
+            with log.open("a") as out:
+                out.write(f"INFO:     Uvicorn running on {self.url} (Press CTRL+C to quit)\n")
         self.pid, self.returncode = os.getpid(), None
 
     def poll(self) -> int | None:
         return self.returncode
 
     def terminate(self) -> None:
-        if self.returncode is None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join(timeout=10)
-            self.returncode = 0
+        self.close()
+        self.returncode = 0
 
     kill = terminate
 
@@ -178,8 +159,9 @@ def test_a_candidate_that_serves_another_model_or_version_is_refused_and_nothing
     candidates: list[LyingCandidate] = []
 
     def start(settings: Settings, model_uri: str, port: int, log_path: Path) -> LyingCandidate:
-        assert model_uri == version_uri(settings, challenger)
-        candidates.append(LyingCandidate(port, claims, probabilities[answers]))
+        assert model_uri == version_uri(settings, challenger) and port == 0, "the candidate binds its own port"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        candidates.append(LyingCandidate(claims, probabilities[answers], log_path))
         return candidates[-1]
 
     monkeypatch.setattr("healthpredict.deploy.local.start_service", start)
@@ -207,9 +189,9 @@ def test_a_live_service_that_serves_another_model_is_refused_and_the_rollout_und
 
     settings, champion, challenger = two_versions
     records = smoke_records(settings)
-    lying = LyingCandidate(0, challenger, load_model(version_uri(settings, champion)).predict_proba(records).tolist())
+    lying = LyingCandidate(challenger, load_model(version_uri(settings, champion)).predict_proba(records).tolist())
     try:
-        url = f"http://127.0.0.1:{lying.server.server_address[1]}"
+        url = lying.url
         api, clock = FakeApi(), FakeClock()
         target = KubernetesTarget(
             settings, api, "healthpredict-service:9-0123456789ab",

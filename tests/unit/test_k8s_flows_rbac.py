@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import require_executable
+from conftest import JsonServer, require_executable
 
 from healthpredict.deploy.kubernetes import KubernetesApi
 from healthpredict.settings import KubernetesSettings
@@ -44,44 +42,17 @@ def rendered() -> list[dict[str, Any]]:
     return docs
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    requests: ClassVar[list[tuple[str, str]]] = []
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        type(self).requests.append((self.command, self.path.split("?", 1)[0]))
-        body = json.dumps(
-            {
-                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "n"},
-                "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"spec": {"containers": []}}},
-            }
-        ).encode()  # fmt: skip
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_PATCH = do_PUT = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
+#: What the recording API server answers every call with: a Deployment, enough for the client to read it.
+DEPLOYMENT = {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "n"},
+    "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"spec": {"containers": []}}},
+}  # fmt: skip
 
 
 @pytest.fixture
 def api_server() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    _Recorder.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with JsonServer(lambda method, path, body: (200, DEPLOYMENT)) as server:
+        yield server.url, server.requests
 
 
 def _rbac_request(method: str, path: str) -> tuple[str, str, str, str, str]:
