@@ -10,6 +10,7 @@ with debootstrap (once; it is kept for later runs). Without an engine the test i
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from conftest import PROJECT_ROOT, reported_port, wait_for_http
 
 from healthpredict.deploy.image import build_image, current_git_sha, image_tag
+from healthpredict.deploy.verify import DeploymentError
 from healthpredict.features import MODEL_INPUT_COLUMNS, model_inputs
 from healthpredict.modeling import build_pipeline
 from healthpredict.registry import artifact_digest, save_pipeline
@@ -138,3 +140,64 @@ def test_service_image_is_built_and_serves_a_real_model_as_non_root(
         assert one["probability"] == pytest.approx(expected[0], abs=1e-5)
     finally:
         container.remove(force=True)
+
+
+def _registry(url: str, method: str = "GET", accept: str | None = None) -> tuple[dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return dict(response.headers), response.read()
+
+
+def test_the_deploy_path_pushes_the_image_to_a_registry_and_it_pulls_back_the_same(
+    docker_client: Any, service_image: str, base_image: str, local_registry: str, tmp_path: Path
+) -> None:
+    """``build_and_push`` (what the kubernetes target runs) against a real registry: the pushed tag is listed, the
+    digest the deploy reports is the registry's, and pulling it back gives the very image that was built."""
+    from healthpredict.deploy.image import build_and_push
+    from healthpredict.deploy.verify import DeploymentReport
+    from healthpredict.settings import ImageSettings, Settings
+
+    repository = f"{local_registry}/healthpredict-service"
+    image = ImageSettings(
+        repository=repository, context_dir=PROJECT_ROOT, build_args={"PYTHON_IMAGE": base_image}, build_network="host"
+    )
+    report = DeploymentReport("kubernetes", "1")
+    reference = build_and_push(
+        Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path)}), image, "1", report, docker_client
+    )
+    tag = reference.rpartition(":")[2]
+    assert reference == f"{repository}:{tag}" and tag == service_image.rpartition(":")[2]
+
+    _, listed = _registry(f"http://{local_registry}/v2/healthpredict-service/tags/list")
+    assert json.loads(listed)["tags"] == [tag]
+    headers, _ = _registry(
+        f"http://{local_registry}/v2/healthpredict-service/manifests/{tag}", "HEAD",
+        accept="application/vnd.docker.distribution.manifest.v2+json",
+    )  # fmt: skip
+    digest = headers["Docker-Content-Digest"]
+    assert report.steps[-1] == f"image {reference} pushed ({digest})", report.steps
+
+    built = docker_client.images.get(reference).id
+    docker_client.images.remove(reference)  # nothing of it is left here but what other tags share
+    try:
+        pulled = docker_client.images.pull(repository, tag=tag)
+        assert pulled.id == built, "the registry returned another image than the one built"
+    finally:
+        docker_client.images.remove(reference, force=True)
+
+
+def test_a_push_to_a_registry_that_does_not_answer_fails_naming_the_image(
+    docker_client: Any, service_image: str
+) -> None:
+    from conftest import free_port
+
+    from healthpredict.deploy.image import push_image
+
+    repository = f"127.0.0.1:{free_port()}/healthpredict-service"  # nothing listens there
+    tag = service_image.rpartition(":")[2]
+    docker_client.images.get(service_image).tag(repository, tag)
+    try:
+        with pytest.raises(DeploymentError, match=rf"pushing image {re.escape(repository)}:{tag} failed: .*refused"):
+            push_image(docker_client, repository, tag, None)
+    finally:
+        docker_client.images.remove(f"{repository}:{tag}", force=True)
