@@ -135,7 +135,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def check_local_raw_data(settings: Settings, source: str | None) -> None:
+    """Fail what no retry can heal before Prefect starts (its server takes seconds): a local raw file that is
+    missing (checked before pandas is even imported), differs from its checksum or fails its schema; a valid one
+    is cached, so the flow reads it from there. A remote source is left to the flow's task, which retries what may
+    heal."""
+    from healthpredict.sources import is_remote_source, local_source_file
+
+    source = source or settings.data.raw_data
+    if is_remote_source(source):
+        return
+    local_source_file(source)
+    from healthpredict.data import fetch_raw_data
+
+    fetch_raw_data(settings, source)
+
+
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    check_local_raw_data(settings, args.source)
     from flows.pipeline import pipeline
     from healthpredict.deploy.local import start_service, stop, wait_ready
     from healthpredict.deploy.verify import http_json, smoke_records, to_request_records

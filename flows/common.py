@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prefect.states import State
+
+from healthpredict.errors import is_permanent
 from healthpredict.settings import Settings
 
 
@@ -20,6 +23,18 @@ def flow_settings(**training: Any) -> Settings:
     if project_log.level == logging.NOTSET:
         project_log.setLevel(logging.INFO)
     return Settings.from_env().with_training(**training)
+
+
+def retry_unless_permanent(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """The ``retry_condition_fn`` of every task that retries: a transient failure (a registry, store or download
+    that did not answer) is tried again, a permanent one (:func:`healthpredict.errors.is_permanent`: a missing
+    file, a checksum mismatch, a schema or settings error, a deployment that failed and was undone) fails the task
+    on its first try, with its own message."""
+    try:
+        state.result()
+    except Exception as exc:
+        return not is_permanent(exc)
+    return True
 
 
 def mlflow_run_link(settings: Settings, experiment_id: str, run_id: str) -> str:

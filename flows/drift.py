@@ -7,12 +7,12 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_settings, mlflow_run_link
+from flows.common import flow_settings, mlflow_run_link, retry_unless_permanent
 from healthpredict.drift import batch_part_name, monitor_batch
 from healthpredict.settings import Settings
 
 
-@task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=900)
+@task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=900, retry_condition_fn=retry_unless_permanent)
 def check_batch(settings: Settings, batch: int) -> dict[str, Any]:
     result = monitor_batch(settings, batch)
     return {

@@ -6,42 +6,15 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import State
 
-from flows.common import flow_settings, model_version_link
-from healthpredict.deploy import DeploymentError, deploy_version
+from flows.common import flow_settings, model_version_link, retry_unless_permanent
+from healthpredict.deploy import deploy_version
 from healthpredict.promote import promote as promote_challenger
 from healthpredict.registry import CHALLENGER, configure_tracking, version_by_alias
 from healthpredict.settings import Settings
 
 
-def retry_unless_deployment_failed(task: Any, task_run: Any, state: State[Any]) -> bool:
-    """Retry a transient failure (the registry or store unreachable), never a deployment that failed: it was
-    undone, and running it again would roll out the same version again. A :class:`DeploymentError` anywhere in
-    the failure's chain (``__cause__``/``__context__``: an error raised while handling it) counts; so does the
-    champion lock given up on (:class:`~healthpredict.deploy.ChampionLockError`), whose wait a retry would repeat.
-    """
-    try:
-        state.result()
-    except Exception as exc:
-        return not any(isinstance(error, DeploymentError) for error in exception_chain(exc))
-    return True
-
-
-def exception_chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and every exception it was raised from or while handling (both links followed), each once."""
-    chain: list[BaseException] = []
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop(0)
-        if any(current is seen for seen in chain):
-            continue
-        chain.append(current)
-        pending += [linked for linked in (current.__cause__, current.__context__) if linked is not None]
-    return chain
-
-
-@task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=1800, retry_condition_fn=retry_unless_deployment_failed)
+@task(retries=2, retry_delay_seconds=[10, 30], timeout_seconds=1800, retry_condition_fn=retry_unless_permanent)
 def gate_and_promote(settings: Settings, deploy: bool) -> dict[str, Any]:
     outcome = promote_challenger(settings, deploy=deploy)
     return {"promoted": outcome.promoted, "version": outcome.decision.challenger_version, "summary": outcome.summary()}

@@ -9,14 +9,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
 from flows.blocks import result_storage
-from flows.common import flow_settings
+from flows.common import flow_settings, retry_unless_permanent
 from healthpredict.data import RawData, fetch_raw_data
 from healthpredict.reporting import split_summary_markdown
 from healthpredict.settings import Settings
 from healthpredict.split import split_exists, split_id_for, split_raw_data
 
 
-@task(retries=3, retry_delay_seconds=[5, 20, 60], timeout_seconds=900)
+@task(retries=3, retry_delay_seconds=[5, 20, 60], timeout_seconds=900, retry_condition_fn=retry_unless_permanent)
 def fetch_raw(settings: Settings, source: str | None) -> RawData:
     return fetch_raw_data(settings, source)
 
@@ -29,7 +29,10 @@ def _split_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
     return f"split-{split_id}-{settings.data.artifact_uri}-{present}"
 
 
-@task(cache_key_fn=_split_cache_key, persist_result=True, retries=2, retry_delay_seconds=10, timeout_seconds=900)
+@task(
+    cache_key_fn=_split_cache_key, persist_result=True, retries=2, retry_delay_seconds=10, timeout_seconds=900,
+    retry_condition_fn=retry_unless_permanent,
+)  # fmt: skip
 def split(settings: Settings, raw: RawData) -> dict[str, Any]:
     return split_raw_data(raw, settings)
 

@@ -20,8 +20,9 @@ import fsspec
 import pandas as pd
 from tqdm.auto import tqdm
 
-from healthpredict.schema import MISSING_MARKER, RawDataError, coerce_types, validate_raw
+from healthpredict.schema import MISSING_MARKER, coerce_types, validate_raw
 from healthpredict.settings import DataSettings, Settings
+from healthpredict.sources import RawDataError, UnusableRawData, is_remote_source, local_source_file
 
 CSV_NAME = "diabetic_data.csv"
 
@@ -83,7 +84,7 @@ def _read_source_bytes(source: str, cache_dir: Path, settings: Settings | None) 
             cache_dir.mkdir(parents=True, exist_ok=True)
             _download(source, archive)
         return archive.read_bytes()
-    if "://" in source:
+    if is_remote_source(source):
         try:
             storage_options = fsspec_options(source, settings)
             with fsspec.open(source, "rb", **storage_options) as handle:
@@ -92,10 +93,7 @@ def _read_source_bytes(source: str, cache_dir: Path, settings: Settings | None) 
             raise RawDataError(f"{source}: no such object") from exc
         except Exception as exc:
             raise RawDataError(f"{source}: cannot be read ({type(exc).__name__}: {exc})") from exc
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise RawDataError(f"{source}: no such file (set HEALTHPREDICT_RAW_DATA to the UCI zip or csv)")
-    return path.read_bytes()
+    return local_source_file(source).read_bytes()
 
 
 def _extract_csv(payload: bytes, source: str) -> bytes:
@@ -105,7 +103,7 @@ def _extract_csv(payload: bytes, source: str) -> bytes:
     with zipfile.ZipFile(io.BytesIO(payload)) as archive:
         matches = [name for name in archive.namelist() if Path(name).name == CSV_NAME]
         if not matches:
-            raise RawDataError(f"{source}: the zip holds no {CSV_NAME} (found: {', '.join(archive.namelist())})")
+            raise UnusableRawData(f"{source}: the zip holds no {CSV_NAME} (found: {', '.join(archive.namelist())})")
         return archive.read(matches[0])
 
 
@@ -128,7 +126,7 @@ def fetch_raw_data(settings: Settings, source: str | None = None) -> RawData:
     payload = _extract_csv(_read_source_bytes(source, cache_dir, settings), source)
     digest = sha256_bytes(payload)
     if data.expected_sha256 and digest != data.expected_sha256:
-        raise RawDataError(
+        raise UnusableRawData(
             f"{source}: {CSV_NAME} has sha256 {digest}, expected {data.expected_sha256}. The file differs "
             "from the published UCI dataset; set HEALTHPREDICT_RAW_SHA256=none to use it anyway."
         )
@@ -151,7 +149,7 @@ def read_raw_csv(path: Path | str) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, na_values=[MISSING_MARKER, ""], keep_default_na=False, on_bad_lines="error")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise RawDataError(f"{path}: not a readable CSV ({exc})") from exc
+        raise UnusableRawData(f"{path}: not a readable CSV ({exc})") from exc
 
 
 def load_raw(raw: RawData) -> pd.DataFrame:

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from healthpredict.errors import PermanentError
+
 SERIALIZATION_FORMAT = "skops"
 MODEL_FILE = "model.skops"
 CARD_DIR = "card"  # the model card's files inside the model folder (healthpredict.model_card)
@@ -60,9 +62,9 @@ TRUSTED_MODEL_TYPES: tuple[str, ...] = (
 _SAVED_HERE: set[str] = set()
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(PermanentError, ValueError):
     """A model's files do not match their record, or have no record to be checked against; the message names
-    the files and how to recover."""
+    the files and how to recover. Permanent: the files do not change by being read again."""
 
 
 def _file_sha256(path: Path) -> str:

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from healthpredict.sources import RawDataError as RawDataError
+from healthpredict.sources import UnusableRawData
+
 MISSING_MARKER = "?"
 
 ID_COLUMNS: tuple[str, ...] = ("encounter_id", "patient_nbr")
@@ -83,10 +86,6 @@ RAW_COLUMNS: tuple[str, ...] = (
 INTEGER_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *ID_CODE_VOCABULARIES, *COUNT_COLUMNS)
 
 
-class RawDataError(ValueError):
-    """Raw data cannot be used; the message names the file, column and affected rows."""
-
-
 @dataclass(frozen=True)
 class ValidationIssue:
     column: str
@@ -111,7 +110,7 @@ class ValidationReport:
     def raise_for_issues(self, source: str) -> None:
         if self.issues:
             lines = "\n  ".join(str(issue) for issue in self.issues)
-            raise RawDataError(f"{source}: raw data failed validation ({self.rows} rows):\n  {lines}")
+            raise UnusableRawData(f"{source}: raw data failed validation ({self.rows} rows):\n  {lines}")
 
 
 def _examples(values: pd.Series) -> tuple[str, ...]:

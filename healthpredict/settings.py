@@ -21,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from healthpredict.errors import PermanentError
+
 UCI_DATASET_URL = "https://archive.ics.uci.edu/static/public/296/diabetes+130-us+hospitals+for+years+1999-2008.zip"
 UCI_CSV_SHA256 = "0689e7ec031237dc63031b938805c48377748761a3b26acab621567afa24df97"
 
@@ -35,8 +37,9 @@ DeployTarget = Literal["local", "kubernetes"]
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-class SettingsError(ValueError):
-    """A configuration value is missing or malformed; the message names the variable."""
+class SettingsError(PermanentError, ValueError):
+    """A configuration value is missing or malformed; the message names the variable. Permanent: the same
+    environment gives the same error."""
 
 
 def var(

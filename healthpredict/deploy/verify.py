@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from healthpredict.errors import PermanentError
 from healthpredict.features import model_inputs
 from healthpredict.registry import LoadedModel, load_model, version_uri
 from healthpredict.settings import Settings
@@ -23,9 +24,10 @@ SMOKE_RECORDS = 5
 SMOKE_TOLERANCE = 1e-6
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(PermanentError, RuntimeError):
     """A rollout, its verification or a later step failed; every step already taken was undone (or the message
-    says which undo failed and how to finish it by hand)."""
+    says which undo failed and how to finish it by hand). Permanent: a retry would roll the same version out
+    again."""
 
 
 @dataclass

@@ -6,12 +6,22 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADDRESS_IN_USE, free_port, reported_port, start_server, stop_process, wait_for_http
+from conftest import (
+    ADDRESS_IN_USE,
+    free_port,
+    raw_frame,
+    reported_port,
+    start_server,
+    stop_process,
+    wait_for_http,
+    write_raw_csv,
+)
 from model_routes import bytecode_environment, folder_listing, load_by_every_route, model_files
 
 pytestmark = pytest.mark.integration
@@ -113,3 +123,42 @@ def test_loading_the_champion_every_way_leaves_it_loadable(main_job: dict[str, A
     assert scored.returncode == 0, scored.stdout[-2000:] + scored.stderr[-2000:]
     assert len(pd.read_parquet(work / "scored.parquet")) > 0
     assert model_files(folder) == before
+
+
+def run_pipeline_on(raw_data: str, work: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``healthpredict pipeline`` on ``raw_data`` with a fresh HEALTHPREDICT_HOME and Prefect home (in ``work``)."""
+    (work / "prefect").mkdir(parents=True)
+    env = {
+        **os.environ, "HEALTHPREDICT_HOME": str(work / "home"), "HEALTHPREDICT_RAW_DATA": raw_data,
+        "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    started = time.monotonic()
+    done = subprocess.run(
+        [HEALTHPREDICT, "pipeline", "--families", "logreg", "--trials-per-family", "1", "--exit-after-sample"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=work,
+    )  # fmt: skip
+    return done, time.monotonic() - started
+
+
+def test_a_wrong_raw_data_path_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    """No retry can heal a path that names no file: the command says so in one line, in seconds, without a
+    traceback and before Prefect's server starts (it takes ~15 s; its retries took two minutes more)."""
+    missing = tmp_path / "nope.zip"
+    done, elapsed = run_pipeline_on(str(missing), tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert elapsed < 10, f"{elapsed:.1f} s"
+    assert done.stderr.splitlines() == [
+        f"error: {missing}: no such file (set HEALTHPREDICT_RAW_DATA or --source to the UCI zip or csv, a URL or an "
+        "s3:// URI)"
+    ]
+    assert not list((tmp_path / "prefect").iterdir())  # no Prefect server was started
+
+
+def test_raw_data_that_differs_from_its_checksum_fails_before_prefect_starts(tmp_path: Path) -> None:
+    csv = write_raw_csv(raw_frame(8), tmp_path / "diabetic_data.csv")
+    done, _ = run_pipeline_on(str(csv), tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: {csv}: diabetic_data.csv has sha256 ") and "HEALTHPREDICT_RAW_SHA256" in line
+    assert not list((tmp_path / "prefect").iterdir())

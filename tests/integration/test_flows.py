@@ -4,11 +4,13 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
-from conftest import create_bucket, free_port, make_settings, register_logreg, training_env
+from conftest import create_bucket, free_port, make_settings, raw_frame, register_logreg, training_env, write_raw_csv
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.testing.utilities import prefect_test_harness
@@ -68,6 +70,67 @@ def test_missing_raw_file_fails_the_flow_with_the_cause(tmp_path: Path, monkeypa
     with pytest.raises(Exception, match=rf"{missing}: no such file"):
         state.result()
     assert not (tmp_path / "home" / "artifacts").exists()
+
+
+@flow(name="fetch-raw-data")
+def fetch_raw_data_once() -> tuple[bool, str]:
+    """The split flow's real ``fetch_raw`` task on the environment's source: whether it ended completed, and its id."""
+    state = fetch_raw(Settings.from_env(), None, return_state=True)
+    return state.is_completed(), str(state.state_details.task_run_id)
+
+
+async def _task_run_count(task_run_id: str) -> int:
+    async with get_client() as client:
+        return (await client.read_task_run(UUID(task_run_id))).run_count
+
+
+def test_a_missing_raw_file_is_tried_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing local file fails the task on its first try: no retry (5 s, then 20 s, 60 s) can heal it."""
+    import asyncio
+
+    missing = tmp_path / "nope.zip"
+    _set_env(monkeypatch, {"HEALTHPREDICT_HOME": str(tmp_path / "home"), "HEALTHPREDICT_RAW_DATA": str(missing)})
+    completed, task_run_id = fetch_raw_data_once()
+    assert not completed
+    assert asyncio.run(_task_run_count(task_run_id)) == 1
+
+
+def test_a_download_that_fails_once_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers 503 once, then the file: the task tries again (after 5 s) and gets it."""
+    import asyncio
+    import http.server
+    import threading
+
+    body = write_raw_csv(raw_frame(8), tmp_path / "diabetic_data.csv").read_bytes()
+    hits: list[int] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(1)
+            if len(hits) == 1:
+                self.send_error(503, "busy")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _set_env(monkeypatch, {
+            "HEALTHPREDICT_HOME": str(tmp_path / "home"), "HEALTHPREDICT_RAW_SHA256": "none",
+            "HEALTHPREDICT_RAW_DATA": f"http://127.0.0.1:{server.server_address[1]}/dataset.zip",
+        })  # fmt: skip
+        completed, task_run_id = fetch_raw_data_once()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert completed and len(hits) == 2
+    assert asyncio.run(_task_run_count(task_run_id)) == 2
 
 
 def test_corrupt_parquet_fails_the_train_flow(
