@@ -43,11 +43,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     "healthpredict/improve/policy.py": ("tests/unit/test_improve.py",),
     "healthpredict/improve/loop.py": ("tests/unit/test_improve_loop.py",),
     "healthpredict/drift.py": ("tests/unit/test_drift.py",),
-    "healthpredict/model_format.py": ("tests/unit/test_model_trust.py", "tests/unit/test_model_routes.py"),
+    "healthpredict/model_format.py": ("tests/unit/test_model_format.py",),
     "healthpredict/deploy/__init__.py": ("tests/unit/test_deploy.py",),
     "healthpredict/deploy/verify.py": ("tests/unit/test_deploy_verify.py",),
     "healthpredict/deploy/kubernetes.py": ("tests/unit/test_deploy_kubernetes.py",),
-    "service/limits.py": ("tests/unit/test_service_hardening.py",),
+    "service/limits.py": ("tests/unit/test_request_limits.py",),
     "service/batch_scoring.py": ("tests/unit/test_batch_scoring.py",),
 }
 
