@@ -333,6 +333,8 @@ def test_a_logged_model_is_checked_against_its_own_record(folder: Path, store: M
     assert find_record(folder) == record
     (folder / REGISTRY_METADATA_FILE).write_text("model_name: m\nmodel_version: None\n")
     assert find_record(folder) == record
+    (folder / REGISTRY_METADATA_FILE).write_text("model_name: None\nmodel_version: '1'\n")
+    assert find_record(folder) == record
     (folder / REGISTRY_METADATA_FILE).write_text("")
     assert find_record(folder) == record
 
@@ -356,10 +358,12 @@ def test_files_without_any_record_are_refused_with_the_way_out(folder: Path, sto
 
 
 def test_only_the_files_this_process_saved_load_without_a_record(
-    saved: tuple[Path, Pipeline], store: MlflowClient, tmp_path: Path
+    saved: tuple[Path, Pipeline], store: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = find_record(saved[0])
     assert record == FileRecord(artifact_digest(saved[0]), "the model this process just saved", None)
+    monkeypatch.delenv(PINNED_DIGEST_VARIABLE, raising=False)
+    assert model_format._load_pyfunc(str(saved[0])).threshold == 0.5  # MLflow's check right after saving
     frame, target = frame_and_target()
     other = tmp_path / "other"
     save_model(build_pipeline("logreg", {"C": 0.1}, seed=0).fit(frame, target), str(other), pip_requirements=PIP)
@@ -439,6 +443,13 @@ def test_a_saved_model_holds_no_code_and_its_card(saved: tuple[Path, Pipeline], 
     assert flavor["loader_module"] == "healthpredict.model_format" and "predict_fn" not in flavor
     assert "code" not in flavor and not (folder / "code").exists()
     assert {p.name: p.read_bytes() for p in (folder / "card").iterdir()} == CARD
+    from mlflow.models import Model
+
+    given = Model(run_id="r-given")  # MLflow's log_model passes its own Model and reads the flavors back from it
+    save_model(saved[1], str(tmp_path / "given"), mlflow_model=given, pip_requirements=PIP)
+    assert given.flavors["python_function"]["loader_module"] == "healthpredict.model_format"
+    assert given.flavors["sklearn"]["serialization_format"] == "skops"
+    assert yaml.safe_load((tmp_path / "given" / "MLmodel").read_text())["run_id"] == "r-given"
     with pytest.raises(ValueError, match=r"^model card file 'a/b\.md' must be a plain file name$"):
         save_model(saved[1], str(tmp_path / "bad"), card={"a/b.md": b"x"}, pip_requirements=PIP)
 
@@ -465,8 +476,10 @@ def test_the_pyfunc_loads_a_folder_against_the_pinned_digest(folder: Path, monke
     monkeypatch.setenv(PINNED_DIGEST_VARIABLE, artifact_digest(folder))
     assert model_format._load_pyfunc(str(folder)).threshold == 0.5
     monkeypatch.setenv(PINNED_DIGEST_VARIABLE, "0" * 64)
-    with pytest.raises(ModelIntegrityError, match=f"of {PINNED_DIGEST_VARIABLE}"):
+    with pytest.raises(ModelIntegrityError) as raised:
         model_format._load_pyfunc(str(folder))
+    assert str(raised.value).startswith(f"{folder}: the model's files differ from their record ({DIGEST_TAG} of ")
+    assert PINNED_DIGEST_VARIABLE in str(raised.value)
     digest = edit_mlmodel(folder, lambda d: d["metadata"].update(threshold="0.25"))
     monkeypatch.setenv(PINNED_DIGEST_VARIABLE, digest)
     assert model_format._load_pyfunc(str(folder)).threshold == 0.25
@@ -474,3 +487,15 @@ def test_the_pyfunc_loads_a_folder_against_the_pinned_digest(folder: Path, monke
     monkeypatch.setenv(PINNED_DIGEST_VARIABLE, digest)
     with pytest.raises(ModelIntegrityError, match=rf"^{re.escape(str(folder))}: the model carries no decision"):
         model_format._load_pyfunc(str(folder))
+
+
+def test_the_pyfunc_answers_double_precision_probabilities_for_every_family() -> None:
+    """XGBoost answers float32; the pyfunc's probabilities are float64 whichever family made them."""
+    frame, target = frame_and_target()
+    params = {"n_estimators": 5, "max_depth": 2, "learning_rate": 0.3, "subsample": 1.0, "colsample_bytree": 1.0,
+              "min_child_weight": 1.0, "reg_lambda": 1.0, "reg_alpha": 0.0}  # fmt: skip
+    pipeline = build_pipeline("xgboost", params, seed=0).fit(frame, target)
+    assert pipeline.predict_proba(frame).dtype == np.float32
+    answer = model_format.ReadmissionModel(pipeline, 0.5).predict(frame)
+    assert answer["probability"].dtype == np.float64
+    assert np.array_equal(answer["probability"].to_numpy(), pipeline.predict_proba(frame)[:, 1].astype(float))
