@@ -192,9 +192,11 @@ def test_changes_are_named_added_then_missing_then_changed() -> None:
 
 
 def test_without_per_file_digests_only_compiled_code_is_named() -> None:
-    actual = {"MLmodel": "1", "code/__pycache__/x.cpython-311.pyc": "2", "a.pyc": "3", "b.pyo": "4", "c.py": "5"}
+    actual = {"MLmodel": "1", "code/__pycache__/x.cpython-311.pyc": "2", "a.pyc": "3", "b.pyo": "4", "c.py": "5",
+              "__pycache__/x.so": "6"}  # fmt: skip
     assert describe_changes(None, actual) == (
-        "unexpected file code/__pycache__/x.cpython-311.pyc; unexpected file a.pyc; unexpected file b.pyo"
+        "unexpected file code/__pycache__/x.cpython-311.pyc; unexpected file a.pyc; unexpected file b.pyo; "
+        "unexpected file __pycache__/x.so"
     )
     assert describe_changes(None, {"MLmodel": "1"}) == (
         "the record holds no per-file digests to name the changed files"
