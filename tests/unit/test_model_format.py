@@ -337,6 +337,8 @@ def test_a_logged_model_is_checked_against_its_own_record(folder: Path, store: M
     assert find_record(folder) == record
     (folder / REGISTRY_METADATA_FILE).write_text("model_name: None\nmodel_version: '1'\n")
     assert find_record(folder) == record
+    (folder / REGISTRY_METADATA_FILE).write_text("model_name: ''\nmodel_version: '1'\n")
+    assert find_record(folder) == record
     (folder / REGISTRY_METADATA_FILE).write_text("")
     assert find_record(folder) == record
 
