@@ -295,7 +295,7 @@ def test_a_slow_body_is_answered_408_and_never_holds_a_slot() -> None:
     assert (limits.inflight_requests, limits.inflight_bytes) == (0, 0)
 
 
-def test_body_limit_follows_the_batch_limit(model: tuple[Path, Any], tmp_path: Path) -> None:
+def test_body_and_record_limits_follow_the_batch_limit(model: tuple[Path, Any], tmp_path: Path) -> None:
     with make_client(tmp_path / "home", str(model[0]), HEALTHPREDICT_MAX_BATCH_RECORDS="20") as test_client:
         wait_ready(test_client)
         limit = test_client.app.state.service.settings.service.max_body_bytes
@@ -304,6 +304,15 @@ def test_body_limit_follows_the_batch_limit(model: tuple[Path, Any], tmp_path: P
             "/v1/predict/batch", content=b" " * (limit + 1), headers={"content-type": "application/json"}
         )
         assert response.status_code == 413 and str(limit) in response.json()["detail"]
+        # the record count at its limit is served; one record more is 413, naming the limit and its setting
+        assert post(test_client, "/v1/predict/batch", {"records": [EXAMPLE_RECORD] * 20}).status_code == 200
+        over = post(test_client, "/v1/predict/batch", {"records": [EXAMPLE_RECORD] * 21})
+        assert over.status_code == 413
+        assert over.json() == {
+            "status_code": 413,
+            "detail": "batch has 21 records; the limit is 20 (HEALTHPREDICT_MAX_BATCH_RECORDS)",
+            "errors": [{"field": "records", "message": "at most 20 records"}],
+        }
 
 
 def test_record_columns_are_the_schema_fields() -> None:
