@@ -5,20 +5,16 @@ fails on the way; the champion lock makes a second deployment wait, or give up n
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow_store import two_versions
 
 import healthpredict.deploy as deploy
 from healthpredict.deploy import (
     TARGETS,
-    ChampionLockError,
     DeploymentError,
     DeploymentReport,
     champion_lock,
@@ -26,7 +22,7 @@ from healthpredict.deploy import (
 )
 from healthpredict.deploy.kubernetes import KubernetesTarget
 from healthpredict.deploy.local import LocalTarget
-from healthpredict.registry import CHAMPION, configure_tracking, version_by_alias
+from healthpredict.registry import CHAMPION, version_by_alias
 from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -60,16 +56,8 @@ class ScriptedTarget:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Settings:
-    """Versions 1 and 2 of the registered model, ``champion`` on 1."""
-    settings = make_settings(tmp_path / "home")
-    configure_tracking(settings)
-    client = MlflowClient()
-    name = settings.tracking.model_name
-    client.create_registered_model(name)
-    for _ in range(2):
-        client.create_model_version(name, source=str(tmp_path))
-    client.set_registered_model_alias(name, CHAMPION, "1")
-    return settings
+    """Versions 1 and 2 of the registered model, ``champion`` on 1, in a store of the test's own."""
+    return two_versions(tmp_path / "home")
 
 
 def champion(settings: Settings) -> str | None:
@@ -212,63 +200,6 @@ def test_a_failure_to_record_a_success_does_not_undo_it(registry: Settings, monk
     report = deploy_version(registry, "2", target)
     assert [c[0] for c in target.calls] == ["roll_out", "activate"] and champion(registry) == "2"
     assert any(step.startswith("record FAILED: recording {'deployment': 'succeeded'") for step in report.steps)
-
-
-HOLD_THE_LOCK = """
-import sys, time
-from healthpredict.deploy import champion_lock
-from healthpredict.settings import Settings
-with champion_lock(Settings.from_env(), holder="the test's other process"):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[1]))
-"""
-
-
-def hold_lock_elsewhere(settings: Settings, seconds: float) -> subprocess.Popen[str]:
-    """Another process (same home, no Prefect server) holding the champion lock for ``seconds``."""
-    env = {"HEALTHPREDICT_HOME": str(settings.home), "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD_THE_LOCK, str(seconds)], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout is not None and process.stdout.readline().strip() == "held"
-    return process
-
-
-def test_a_second_deployment_gives_up_after_the_timeout_and_names_the_holder(
-    registry: Settings, tmp_path: Path
-) -> None:
-    impatient = make_settings(registry.home, HEALTHPREDICT_CHAMPION_LOCK_TIMEOUT_S="1")
-    holder = hold_lock_elsewhere(impatient, 30)
-    try:
-        target = ScriptedTarget(impatient)
-        started = time.monotonic()
-        with pytest.raises(ChampionLockError, match=r"held by the test's other process; gave up after 1 s"):
-            deploy_version(impatient, "2", target)
-        assert 1.0 <= time.monotonic() - started < 10
-        assert target.calls == [] and champion(registry) == "1"
-        assert "deployment" not in deployment_tags(registry, "2")  # nothing was attempted, nothing recorded
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_a_second_deployment_waits_for_the_first_and_then_runs(
-    registry: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    holder = hold_lock_elsewhere(registry, 3)
-    try:
-        target = ScriptedTarget(registry)
-        started = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="healthpredict.deploy.lock"):
-            deploy_version(registry, "2", target)
-        assert time.monotonic() - started >= 2  # it waited for the holder's 3 s
-        assert holder.wait(timeout=10) == 0
-        assert champion(registry) == "2" and target.calls == [("roll_out", "2", "1"), ("activate", "2", "2")]
-        waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for the champion lock")]
-        assert waiting and "held by the test's other process" in waiting[0]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_the_champion_lock_is_reentrant_in_one_thread(registry: Settings) -> None:
