@@ -50,6 +50,9 @@ pytestmark = pytest.mark.unit
 # ------------------------------------------------------------------------------------------------ the candidate
 
 
+INTERNAL_ERROR = b'{"detail": "Internal Server Error"}'
+
+
 @dataclass
 class Candidate:
     """What the fake service serves, and every request it got (method, path, headers, body)."""
@@ -61,11 +64,14 @@ class Candidate:
     drop_last: bool = False  # answers one prediction fewer than it was sent
     empty_answer: bool = False  # answers 200 with no body
     error_body: bytes = b""  # answers 500 with this body to everything
+    failing_path: str = ""  # answers 500 to this path only
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         if self.error_body:
             return 500, self.error_body
+        if path == self.failing_path:
+            return 500, INTERNAL_ERROR
         if self.empty_answer:
             return 200, b""
         if (method, path) == ("GET", "/health/ready"):
@@ -262,6 +268,18 @@ def test_http_errors_name_the_request_status_and_the_start_of_the_body(live: tup
     with pytest.raises(DeploymentError) as raised:
         http_json("PUT", f"{url}/v1/model/reload", {"uri": "models:/x/1"})
     assert str(raised.value) == f"PUT {url}/v1/model/reload answered 500: {(b'x' * 299 + b'y')!r}"
+    assert candidate.requests[-1][:2] == ("PUT", "/v1/model/reload")  # the method asked for, not one implied
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/v1/model"), ("POST", "/v1/predict/batch")])
+def test_a_failing_candidate_request_is_named(
+    live: tuple[str, Candidate], offline: LoadedModel, records: pd.DataFrame, method: str, path: str
+) -> None:
+    url, candidate = live
+    candidate.failing_path = path
+    with pytest.raises(DeploymentError) as raised:
+        verify_service(url, "7", offline, records)
+    assert str(raised.value) == f"{method} {url}{path} answered 500: {INTERNAL_ERROR!r}"
 
 
 def test_an_unreachable_candidate_names_the_request(unused_port: int) -> None:
