@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import make_settings
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_store import two_versions
@@ -217,7 +218,9 @@ def test_the_champion_lock_is_reentrant_in_one_thread(registry: Settings) -> Non
 
 
 def test_a_success_is_recorded_with_its_target(registry: Settings) -> None:
-    report = deploy_version(registry, 2, ScriptedTarget(registry))  # type: ignore[arg-type]
+    target = ScriptedTarget(registry)
+    report = deploy_version(registry, 2, target)  # type: ignore[arg-type]
+    assert target.report is report  # the target's steps land in the deployment's report, activation's too
     assert (report.target, report.version) == ("scripted", "2")
     assert deployment_tags(registry, "2") == {"deployment": "succeeded", "deployment.target": "scripted"}
     assert report.steps == ["alias `champion` moved to version 2"]
@@ -315,3 +318,15 @@ def test_an_interrupt_is_undone_recorded_and_raised_as_it_is(registry: Settings)
     assert [c[0] for c in target.calls] == ["roll_out", "activate", "roll_back"]
     assert champion(registry) == "1"
     assert deployment_tags(registry, "2") == {"deployment": "failed", "deployment.reason": "KeyboardInterrupt: "}
+
+
+def test_without_a_target_the_configured_one_runs(registry: Settings) -> None:
+    """``HEALTHPREDICT_DEPLOY_TARGET=kubernetes`` without the Service URL: that target runs, refuses, and is
+    recorded; nothing moved."""
+    configured = make_settings(registry.home, HEALTHPREDICT_DEPLOY_TARGET="kubernetes")
+    with pytest.raises(DeploymentError, match="HEALTHPREDICT_K8S_SERVICE_URL is required for the kubernetes target"):
+        deploy_version(configured, "2")
+    assert champion(registry) == "1"
+    assert deployment_tags(registry, "2")["deployment.reason"].startswith(
+        "SettingsError: HEALTHPREDICT_K8S_SERVICE_URL"
+    )
