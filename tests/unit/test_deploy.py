@@ -5,20 +5,17 @@ fails on the way; the champion lock makes a second deployment wait, or give up n
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import make_settings
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow_store import two_versions
 
 import healthpredict.deploy as deploy
 from healthpredict.deploy import (
     TARGETS,
-    ChampionLockError,
     DeploymentError,
     DeploymentReport,
     champion_lock,
@@ -26,7 +23,7 @@ from healthpredict.deploy import (
 )
 from healthpredict.deploy.kubernetes import KubernetesTarget
 from healthpredict.deploy.local import LocalTarget
-from healthpredict.registry import CHAMPION, configure_tracking, version_by_alias
+from healthpredict.registry import CHAMPION, version_by_alias
 from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -40,36 +37,31 @@ class ScriptedTarget:
     def __init__(self, settings: Settings, fail: set[str] | None = None) -> None:
         self.settings = settings
         self.fail = fail or set()
+        self.errors: dict[str, BaseException] = {}  # what a failing step raises (a RuntimeError when not here)
         self.calls: list[tuple[str, str | None, str | None]] = []
+        self.report: DeploymentReport | None = None  # the deployment's report, kept to read its steps
 
-    def _record(self, step: str, version: str | None) -> None:
+    def _record(self, step: str, version: str | None, report: DeploymentReport) -> None:
+        self.report = report
         champion = version_by_alias(self.settings, CHAMPION)
         self.calls.append((step, version, None if champion is None else str(champion.version)))
         if step in self.fail:
-            raise RuntimeError(f"{step} broke")
+            raise self.errors.get(step, RuntimeError(f"{step} broke"))
 
     def roll_out(self, version: str, report: DeploymentReport) -> None:
-        self._record("roll_out", version)
+        self._record("roll_out", version, report)
 
     def activate(self, version: str, report: DeploymentReport) -> None:
-        self._record("activate", version)
+        self._record("activate", version, report)
 
     def roll_back(self, previous: str | None, report: DeploymentReport) -> None:
-        self._record("roll_back", previous)
+        self._record("roll_back", previous, report)
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Settings:
-    """Versions 1 and 2 of the registered model, ``champion`` on 1."""
-    settings = make_settings(tmp_path / "home")
-    configure_tracking(settings)
-    client = MlflowClient()
-    name = settings.tracking.model_name
-    client.create_registered_model(name)
-    for _ in range(2):
-        client.create_model_version(name, source=str(tmp_path))
-    client.set_registered_model_alias(name, CHAMPION, "1")
-    return settings
+    """Versions 1 and 2 of the registered model, ``champion`` on 1, in a store of the test's own."""
+    return two_versions(tmp_path / "home")
 
 
 def champion(settings: Settings) -> str | None:
@@ -214,66 +206,127 @@ def test_a_failure_to_record_a_success_does_not_undo_it(registry: Settings, monk
     assert any(step.startswith("record FAILED: recording {'deployment': 'succeeded'") for step in report.steps)
 
 
-HOLD_THE_LOCK = """
-import sys, time
-from healthpredict.deploy import champion_lock
-from healthpredict.settings import Settings
-with champion_lock(Settings.from_env(), holder="the test's other process"):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[1]))
-"""
-
-
-def hold_lock_elsewhere(settings: Settings, seconds: float) -> subprocess.Popen[str]:
-    """Another process (same home, no Prefect server) holding the champion lock for ``seconds``."""
-    env = {"HEALTHPREDICT_HOME": str(settings.home), "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD_THE_LOCK, str(seconds)], env=env, stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout is not None and process.stdout.readline().strip() == "held"
-    return process
-
-
-def test_a_second_deployment_gives_up_after_the_timeout_and_names_the_holder(
-    registry: Settings, tmp_path: Path
-) -> None:
-    impatient = make_settings(registry.home, HEALTHPREDICT_CHAMPION_LOCK_TIMEOUT_S="1")
-    holder = hold_lock_elsewhere(impatient, 30)
-    try:
-        target = ScriptedTarget(impatient)
-        started = time.monotonic()
-        with pytest.raises(ChampionLockError, match=r"held by the test's other process; gave up after 1 s"):
-            deploy_version(impatient, "2", target)
-        assert 1.0 <= time.monotonic() - started < 10
-        assert target.calls == [] and champion(registry) == "1"
-        assert "deployment" not in deployment_tags(registry, "2")  # nothing was attempted, nothing recorded
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_a_second_deployment_waits_for_the_first_and_then_runs(
-    registry: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    holder = hold_lock_elsewhere(registry, 3)
-    try:
-        target = ScriptedTarget(registry)
-        started = time.monotonic()
-        with caplog.at_level(logging.INFO, logger="healthpredict.deploy.lock"):
-            deploy_version(registry, "2", target)
-        assert time.monotonic() - started >= 2  # it waited for the holder's 3 s
-        assert holder.wait(timeout=10) == 0
-        assert champion(registry) == "2" and target.calls == [("roll_out", "2", "1"), ("activate", "2", "2")]
-        waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for the champion lock")]
-        assert waiting and "held by the test's other process" in waiting[0]
-    finally:
-        holder.kill()
-        holder.wait()
-
-
 def test_the_champion_lock_is_reentrant_in_one_thread(registry: Settings) -> None:
     """``promote`` holds it around the gate and the deployment, which takes it again."""
     target = ScriptedTarget(registry)
     with champion_lock(registry):
         deploy_version(registry, "2", target)
     assert champion(registry) == "2"
+
+
+# ------------------------------------------------------------------------------- the record and the report
+
+
+def test_a_success_is_recorded_with_its_target(registry: Settings) -> None:
+    target = ScriptedTarget(registry)
+    report = deploy_version(registry, 2, target)  # type: ignore[arg-type]
+    assert target.report is report  # the target's steps land in the deployment's report, activation's too
+    assert (report.target, report.version) == ("scripted", "2")
+    assert deployment_tags(registry, "2") == {"deployment": "succeeded", "deployment.target": "scripted"}
+    assert report.steps == ["alias `champion` moved to version 2"]
+
+
+def test_a_failure_is_recorded_with_its_reason_cut_at_500_characters(registry: Settings) -> None:
+    target = ScriptedTarget(registry, fail={"roll_out"})
+    target.errors["roll_out"] = RuntimeError("x" * 600)
+    with pytest.raises(DeploymentError):
+        deploy_version(registry, "2", target)
+    assert deployment_tags(registry, "2") == {
+        "deployment": "failed",
+        "deployment.reason": ("RuntimeError: " + "x" * 600)[:500],
+    }
+
+
+def test_a_targets_deployment_error_is_the_reason_as_it_was_written(registry: Settings) -> None:
+    target = ScriptedTarget(registry, fail={"roll_out"})
+    target.errors["roll_out"] = DeploymentError("http://candidate serves version 1, expected 2")
+    with pytest.raises(DeploymentError) as raised:
+        deploy_version(registry, "2", target)
+    assert str(raised.value) == (
+        "deployment of version 2 failed, champion unchanged (version 1): http://candidate serves version 1, expected 2"
+    )
+    assert deployment_tags(registry, "2")["deployment.reason"] == "http://candidate serves version 1, expected 2"
+    assert target.report is not None and target.report.steps == []  # nothing to undo
+
+
+def test_the_undo_is_reported_step_by_step(registry: Settings) -> None:
+    target = ScriptedTarget(registry, fail={"activate"})
+    with pytest.raises(DeploymentError):
+        deploy_version(registry, "2", target)
+    assert target.report is not None
+    assert target.report.steps == ["alias `champion` moved to version 2", "undo: alias `champion` restored to 1"]
+
+
+def test_the_first_deployments_undo_reports_the_alias_removed(registry: Settings) -> None:
+    MlflowClient().delete_registered_model_alias(registry.tracking.model_name, CHAMPION)
+    target = ScriptedTarget(registry, fail={"activate"})
+    with pytest.raises(DeploymentError):
+        deploy_version(registry, "2", target)
+    assert target.report is not None and target.report.steps[-1] == "undo: alias `champion` restored to nothing"
+    assert target.calls[-1] == ("roll_back", None, None)
+
+
+def test_a_failed_undo_is_reported_logged_and_says_what_to_do_by_hand(
+    registry: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def restore_fails(settings: Settings, alias: str, version: str | None) -> None:
+        raise ConnectionError("registry went away")
+
+    monkeypatch.setattr(deploy, "restore_alias", restore_fails)
+    MlflowClient().delete_registered_model_alias(registry.tracking.model_name, CHAMPION)
+    target = ScriptedTarget(registry, fail={"activate", "roll_back"})
+    with caplog.at_level(logging.ERROR, logger="healthpredict.deploy"), pytest.raises(DeploymentError) as raised:
+        deploy_version(registry, "2", target)
+    restore = (
+        "restoring alias `champion` to nothing failed (ConnectionError: registry went away); "
+        "set it by hand in the MLflow registry"
+    )
+    roll_back = "rolling the scripted target back failed (RuntimeError: roll_back broke)"
+    assert str(raised.value) == (
+        f"deployment of version 2 failed: RuntimeError: activate broke; undo incomplete: {restore}; {roll_back}"
+    )
+    assert target.report is not None
+    assert target.report.steps[-2:] == [f"undo FAILED: {restore}", f"undo FAILED: {roll_back}"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "healthpredict.deploy"]
+    assert logged == [f"deploy scripted v2: undo failed: {restore}", f"deploy scripted v2: undo failed: {roll_back}"]
+    assert deployment_tags(registry, "2")["deployment"] == "failed"
+
+
+def test_a_failure_to_record_is_reported_and_logged_in_full(
+    registry: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    refuse_failure_tags(monkeypatch)
+    target = ScriptedTarget(registry, fail={"roll_out"})
+    with caplog.at_level(logging.ERROR, logger="healthpredict.deploy"), pytest.raises(DeploymentError) as raised:
+        deploy_version(registry, "2", target)
+    failure = (
+        "recording {'deployment': 'failed', 'deployment.reason': 'RuntimeError: roll_out broke'} on version 2 failed "
+        "(MlflowException: RESOURCE_EXHAUSTED: the tracking server is overloaded)"
+    )
+    assert raised.value.__notes__ == [failure]
+    assert target.report is not None and target.report.steps == [f"record FAILED: {failure}"]
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("healthpredict.deploy", f"deploy scripted v2: {failure}")
+    ]
+
+
+def test_an_interrupt_is_undone_recorded_and_raised_as_it_is(registry: Settings) -> None:
+    target = ScriptedTarget(registry, fail={"activate"})
+    target.errors["activate"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        deploy_version(registry, "2", target)
+    assert [c[0] for c in target.calls] == ["roll_out", "activate", "roll_back"]
+    assert champion(registry) == "1"
+    assert deployment_tags(registry, "2") == {"deployment": "failed", "deployment.reason": "KeyboardInterrupt: "}
+
+
+def test_without_a_target_the_configured_one_runs(registry: Settings) -> None:
+    """``HEALTHPREDICT_DEPLOY_TARGET=kubernetes`` without the Service URL: that target runs, refuses, and is
+    recorded; nothing moved."""
+    configured = make_settings(registry.home, HEALTHPREDICT_DEPLOY_TARGET="kubernetes")
+    with pytest.raises(DeploymentError, match="HEALTHPREDICT_K8S_SERVICE_URL is required for the kubernetes target"):
+        deploy_version(configured, "2")
+    assert champion(registry) == "1"
+    assert deployment_tags(registry, "2")["deployment.reason"].startswith(
+        "SettingsError: HEALTHPREDICT_K8S_SERVICE_URL"
+    )

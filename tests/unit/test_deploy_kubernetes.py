@@ -35,8 +35,13 @@ from healthpredict.deploy.kubernetes import (
     VERIFIED_MODEL_ANNOTATION,
     KubernetesApi,
     KubernetesTarget,
+    RolloutStatus,
+    TemplateState,
     rollout_status,
     template_patch,
+    template_state,
+    verified_state,
+    wait_for_rollout,
 )
 from healthpredict.deploy.verify import DeploymentError, DeploymentReport
 from healthpredict.settings import KubernetesSettings, Settings, SettingsError
@@ -307,3 +312,370 @@ def test_activate_records_the_verified_template_without_a_rollout(settings: Sett
     # a later roll-back (e.g. the alias could not move) returns to the template verified before this one
     target.roll_back("3", report)
     assert (api.image, api.model_uri) == (OLD_IMAGE, OLD_URI)
+
+
+# ------------------------------------------------------------------ what the real client sends, and how failures read
+
+
+class RecordingApiServer:
+    """A loopback Kubernetes API server that records each request (method, path, content type, JSON body) and
+    answers every call with ``deployment``."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str, str, Any]] = []
+        requests = self.requests
+        answer = json.dumps({"apiVersion": "apps/v1", "kind": "Deployment", **obj}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                content_type = str(self.headers.get("Content-Type"))
+                requests.append((self.command, self.path.split("?")[0], content_type, json.loads(body or b"null")))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_PATCH = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def kubeconfig_for(url: str, path: Path) -> str:
+    path.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{url}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: local, context: {{cluster: c, user: u}}}}]
+current-context: local
+"""
+    )
+    return str(path)
+
+
+def test_the_real_client_reads_and_sends_a_strategic_merge_patch(tmp_path: Path) -> None:
+    served = deployment()
+    served["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["key"] = "token"
+    served["spec"]["selector"] = {"matchLabels": {"app": "healthpredict"}}
+    server = RecordingApiServer(served)
+    try:
+        api = KubernetesApi(kubeconfig=kubeconfig_for(server.url, tmp_path / "config"))
+        assert api.host == server.url
+        read = api.read_deployment("healthpredict", "healthpredict-service")
+        patch = template_patch("service", NEW_IMAGE, NEW_URI)
+        patched = api.patch_deployment("healthpredict", "healthpredict-service", patch)
+    finally:
+        server.close()
+    path = "/apis/apps/v1/namespaces/healthpredict/deployments/healthpredict-service"
+    assert server.requests == [
+        ("GET", path, "None", None),
+        ("PATCH", path, "application/strategic-merge-patch+json", patch),
+    ]
+    for answer in (read, patched):
+        assert answer["spec"]["template"]["spec"]["containers"][0]["image"] == OLD_IMAGE
+        assert answer["metadata"]["annotations"] == served["metadata"]["annotations"]
+
+
+def test_a_configuration_that_cannot_load_names_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(
+        DeploymentError,
+        match=r"^cannot load the Kubernetes configuration from kubeconfig ~/\.kube/config "
+        r"\(context current\): ",
+    ):
+        KubernetesApi()
+    with pytest.raises(
+        DeploymentError,
+        match=r"^cannot load the Kubernetes configuration from the in-cluster service account \(context current\): ",
+    ):
+        KubernetesApi(in_cluster=True)
+
+
+class HostlessApi(FakeApi):
+    """An API object with no ``host`` (the protocol asks for one; the error still reads)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "host":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ApiException(status=404, reason="Not Found"), "not found at https://fake-apiserver:6443 (Not Found)"),
+        (
+            ApiException(status=500, reason="Internal"),
+            "Kubernetes API at https://fake-apiserver:6443 unreachable (500 Internal)",
+        ),
+        (ApiException(status=499, reason="Odd"), "Kubernetes API at https://fake-apiserver:6443 refused it (499 Odd)"),
+        (
+            ApiException(status=501, reason="Nope"),
+            "Kubernetes API at https://fake-apiserver:6443 unreachable (501 Nope)",
+        ),
+        (ApiException(reason="no status"), "Kubernetes API at https://fake-apiserver:6443 unreachable (0 no status)"),
+        (
+            ApiException(status=405, reason="Method"),
+            "Kubernetes API at https://fake-apiserver:6443 refused it (405 Method)",
+        ),
+        (
+            TimeoutError("read timed out"),
+            "Kubernetes API at https://fake-apiserver:6443 unreachable (TimeoutError: read timed out)",
+        ),
+    ],
+    ids=["404", "500", "499", "501", "no-status", "405", "timeout"],
+)
+def test_api_failures_say_what_was_attempted_and_how_it_failed(
+    settings: Settings, kube: KubernetesSettings, error: BaseException, message: str
+) -> None:
+    api = FakeApi(read_error=error)
+    with pytest.raises(DeploymentError) as raised:
+        run_deploy(settings, kube, api, RecordingVerifier().bind(api), FakeClock())
+    assert str(raised.value) == f"reading Deployment healthpredict/healthpredict-service: {message}"
+    assert raised.value.__cause__ is error
+
+
+def test_an_api_without_a_host_is_named_generically(settings: Settings, kube: KubernetesSettings) -> None:
+    api = HostlessApi(read_error=ApiException(status=503, reason="Unavailable"))
+    with pytest.raises(
+        DeploymentError, match=r": Kubernetes API at the Kubernetes API unreachable \(503 Unavailable\)$"
+    ):
+        run_deploy(settings, kube, api, RecordingVerifier().bind(api), FakeClock())
+
+
+# ------------------------------------------------------------------ the template and the rollout, read exactly
+
+
+def test_a_deployment_without_the_container_lists_what_it_has() -> None:
+    obj = deployment()
+    obj["spec"]["template"]["spec"]["containers"] = [{"name": "api"}, {"name": "sidecar"}]
+    with pytest.raises(DeploymentError) as raised:
+        template_state(obj, "service")
+    assert (
+        str(raised.value)
+        == "Deployment healthpredict-service has no container named 'service' (containers: api, sidecar)"
+    )
+    with pytest.raises(DeploymentError) as raised:
+        template_state({}, "service")
+    assert str(raised.value) == "Deployment ? has no container named 'service' (containers: none)"
+
+
+def test_the_model_uri_must_be_a_literal_value() -> None:
+    obj = deployment()
+    obj["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = ""
+    with pytest.raises(DeploymentError) as raised:
+        template_state(obj, "service")
+    assert str(raised.value) == (
+        f"container 'service' of Deployment healthpredict-service has no literal env entry {MODEL_URI_ENV} "
+        "(it must be a `value`, not a ConfigMap/Secret reference, so the deploy can pin a version)"
+    )
+    del obj["metadata"]["name"]
+    obj["spec"]["template"]["spec"]["containers"][0]["env"] = []
+    with pytest.raises(DeploymentError, match=r"^container 'service' of Deployment \? has no literal env entry"):
+        template_state(obj, "service")
+
+
+def test_template_state_reads_image_uri_and_revision() -> None:
+    obj = deployment()
+    assert template_state(obj, "service") == TemplateState(OLD_IMAGE, OLD_URI, "5")
+    del obj["metadata"]["annotations"]
+    assert template_state(obj, "service") == TemplateState(OLD_IMAGE, OLD_URI, None)
+
+
+def test_the_verified_state_needs_both_annotations() -> None:
+    obj = annotated(OLD_IMAGE, OLD_URI)
+    assert verified_state(obj) == TemplateState(OLD_IMAGE, OLD_URI, "5")
+    for missing in (VERIFIED_IMAGE_ANNOTATION, VERIFIED_MODEL_ANNOTATION):
+        partial = annotated(OLD_IMAGE, OLD_URI)
+        del partial["metadata"]["annotations"][missing]
+        assert verified_state(partial) is None
+    assert verified_state({}) is None
+    assert verified_state({"metadata": {"annotations": None}}) is None
+
+
+def test_rollout_status_messages_follow_the_controller() -> None:
+    obj = deployment(replicas=3)
+    obj["metadata"]["generation"] = 6
+    assert rollout_status(obj) == RolloutStatus(False, "waiting for the controller to observe generation 6")
+    obj["status"].update(observedGeneration=6, updatedReplicas=1, replicas=4, availableReplicas=3)
+    assert rollout_status(obj) == RolloutStatus(False, "1 of 3 replicas updated")
+    obj["status"].update(updatedReplicas=3, replicas=4)
+    assert rollout_status(obj) == RolloutStatus(False, "1 old replicas pending termination")
+    obj["status"].update(replicas=3, availableReplicas=2)
+    assert rollout_status(obj) == RolloutStatus(False, "2 of 3 updated replicas available")
+    obj["status"].update(availableReplicas=3)
+    assert rollout_status(obj) == RolloutStatus(True, "3 of 3 replicas updated and available")
+    obj["status"]["conditions"] = [
+        {"type": "Available", "reason": "ProgressDeadlineExceeded"},
+        {"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "too slow"},
+    ]
+    assert rollout_status(obj) == RolloutStatus(False, "ProgressDeadlineExceeded: too slow", failed=True)
+    del obj["status"]["conditions"][1]["message"]
+    assert rollout_status(obj) == RolloutStatus(False, "ProgressDeadlineExceeded: ", failed=True)
+
+
+def test_rollout_status_of_a_bare_deployment_wants_one_replica() -> None:
+    assert rollout_status({}) == RolloutStatus(False, "0 of 1 replicas updated")
+    obj = {"status": {"updatedReplicas": 1, "replicas": 1, "availableReplicas": 1}}
+    assert rollout_status(obj) == RolloutStatus(True, "1 of 1 replicas updated and available")
+    assert rollout_status({"spec": {"replicas": 0}}) == RolloutStatus(True, "0 of 0 replicas updated and available")
+
+
+def test_the_rollout_wait_polls_until_the_deadline(kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(stuck=frozenset({NEW_IMAGE})), FakeClock()
+    api.patch_deployment("healthpredict", "healthpredict-service", template_patch("service", NEW_IMAGE, NEW_URI))
+    with pytest.raises(DeploymentError) as raised:
+        wait_for_rollout(api, kube, clock=clock, sleep=clock.sleep)
+    assert str(raised.value) == (
+        "rollout of Deployment healthpredict/healthpredict-service timed out after 300 s "
+        "(HEALTHPREDICT_ROLLOUT_TIMEOUT_S): 0 of 2 replicas updated"
+    )
+    assert clock.sleeps == [POLL_INTERVAL_S] * 150 and clock.now == 1300.0
+
+
+def test_a_progress_deadline_fails_the_wait_with_its_message(kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(deadline=frozenset({NEW_IMAGE})), FakeClock()
+    api.patch_deployment("healthpredict", "healthpredict-service", template_patch("service", NEW_IMAGE, NEW_URI))
+    with pytest.raises(DeploymentError) as raised:
+        wait_for_rollout(api, kube, clock=clock, sleep=clock.sleep)
+    assert str(raised.value) == (
+        "rollout of Deployment healthpredict/healthpredict-service failed: ProgressDeadlineExceeded: slow"
+    )
+    assert clock.sleeps == [POLL_INTERVAL_S]
+
+
+# ------------------------------------------------------------------ the steps a deployment reports, and the ECR tag
+
+
+def test_a_rollout_reports_each_step(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(), FakeClock()
+    report = run_deploy(settings, kube, api, RecordingVerifier().bind(api), clock)
+    assert report.steps == [
+        f"image {NEW_IMAGE} is not in ECR: its retention is up to that registry",
+        f"Deployment healthpredict/healthpredict-service at revision 5: image {OLD_IMAGE}, model {OLD_URI}",
+        f"Deployment healthpredict/healthpredict-service patched: image {NEW_IMAGE}, {MODEL_URI_ENV}={NEW_URI}",
+        "rollout complete: 2 of 2 replicas updated and available",
+        f"verified through {SERVICE_URL}: every sampled replica serves version 4, smoke ok",
+    ]
+
+
+def test_a_verifier_crash_is_named_and_undone(settings: Settings, kube: KubernetesSettings) -> None:
+    api, clock = FakeApi(), FakeClock()
+    verifier = RecordingVerifier(ValueError("no JSON in the answer")).bind(api)  # type: ignore[arg-type]
+    report = DeploymentReport(target="kubernetes", version="4")
+    with pytest.raises(DeploymentError) as raised:
+        target_for(settings, kube, api, verifier, clock).roll_out("4", report)
+    assert str(raised.value) == f"ValueError: no JSON in the answer; rolled back to image {OLD_IMAGE} ({OLD_URI})"
+    assert report.steps[-1] == (
+        f"rolled back: Deployment healthpredict/healthpredict-service runs image {OLD_IMAGE}, {OLD_URI} again"
+    )
+
+
+def test_a_failed_undo_says_so_in_the_report_and_keeps_a_tag_it_put(
+    settings: Settings, kube: KubernetesSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removed = ecr_tags(monkeypatch, created=True)
+    api, clock = FakeApi(deadline=frozenset({NEW_IMAGE, OLD_IMAGE})), FakeClock()
+    report = DeploymentReport(target="kubernetes", version="4")
+    with pytest.raises(DeploymentError) as raised:
+        target_for(settings, kube, api, RecordingVerifier().bind(api), clock).roll_out("4", report)
+    assert str(raised.value).endswith(
+        f"set the container image to {OLD_IMAGE} and {MODEL_URI_ENV} to {OLD_URI} with `kubectl -n healthpredict "
+        "edit deployment/healthpredict-service`; tag deployed-4-abcdef012345 kept while its image may still run"
+    )
+    assert any(s.startswith("rollback of healthpredict/healthpredict-service FAILED: rollout of") for s in report.steps)
+    assert removed == []
+
+
+def ecr_tags(monkeypatch: pytest.MonkeyPatch, created: bool) -> list[str]:
+    """Swap the ECR adapters: every image gets a ``deployed-`` tag (``created`` says whether this deployment put
+    it); returns the tags the undo removes."""
+    import healthpredict.deploy.kubernetes as target_module
+    from healthpredict.deploy.image import DeployedTag, EcrRegistry
+
+    removed: list[str] = []
+
+    def protect(reference: str, settings: Settings, report: DeploymentReport) -> DeployedTag:
+        tag = "deployed-" + reference.rpartition(":")[2]
+        report.step(f"tagged {tag}")
+        return DeployedTag(reference, EcrRegistry("123456789012", "eu-west-1", "hp"), "hp", tag, created)
+
+    def remove(deployed: DeployedTag, settings: Settings, report: DeploymentReport) -> None:
+        assert settings is not None and report is not None
+        removed.append(deployed.tag)
+
+    monkeypatch.setattr(target_module, "protect_deployed_image", protect)
+    monkeypatch.setattr(target_module, "remove_deployed_tag", remove)
+    return removed
+
+
+def test_an_undone_rollout_takes_its_tag_away(
+    settings: Settings, kube: KubernetesSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removed = ecr_tags(monkeypatch, created=True)
+    api, clock = FakeApi(), FakeClock()
+    verifier = RecordingVerifier(DeploymentError("smoke predictions differ")).bind(api)
+    target = target_for(settings, kube, api, verifier, clock)
+    with pytest.raises(DeploymentError):
+        target.roll_out("4", DeploymentReport(target="kubernetes", version="4"))
+    assert removed == ["deployed-4-abcdef012345"]
+    assert target.deployed_tag is None
+    target.roll_back(None, DeploymentReport(target="kubernetes", version="4"))  # a second undo removes nothing
+    assert removed == ["deployed-4-abcdef012345"]
+
+
+def test_an_undo_to_the_same_image_keeps_its_tag(
+    settings: Settings, kube: KubernetesSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the model version changes: the image rolled back to is the one rolled out, so its tag stays."""
+    removed = ecr_tags(monkeypatch, created=True)
+    api, clock = FakeApi(annotated(NEW_IMAGE, OLD_URI)), FakeClock()
+    container = api.obj["spec"]["template"]["spec"]["containers"][0]
+    container["image"] = NEW_IMAGE
+    verifier = RecordingVerifier(DeploymentError("smoke predictions differ")).bind(api)
+    report = DeploymentReport(target="kubernetes", version="4")
+    with pytest.raises(DeploymentError):
+        target_for(settings, kube, api, verifier, clock).roll_out("4", report)
+    assert removed == []
+    assert report.steps[-1] == "undo: tag deployed-4-abcdef012345 kept (the template rolled back to runs that image)"
+    assert (api.image, api.model_uri) == (NEW_IMAGE, OLD_URI)
+
+
+def test_an_activated_rollout_undone_later_takes_its_tag_away(
+    settings: Settings, kube: KubernetesSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removed = ecr_tags(monkeypatch, created=True)
+    api, clock = FakeApi(annotated(OLD_IMAGE, OLD_URI)), FakeClock()
+    target = target_for(settings, kube, api, RecordingVerifier().bind(api), clock)
+    report = DeploymentReport(target="kubernetes", version="4")
+    target.roll_out("4", report)
+    target.activate("4", report)
+    assert report.steps[-1] == (
+        f"Deployment healthpredict/healthpredict-service annotated: image {NEW_IMAGE} is the last verified template"
+    )
+    assert api.patches[-1] == {
+        "metadata": {"annotations": {VERIFIED_IMAGE_ANNOTATION: NEW_IMAGE, VERIFIED_MODEL_ANNOTATION: NEW_URI}}
+    }
+    target.roll_back("3", report)
+    assert removed == ["deployed-4-abcdef012345"]
