@@ -14,8 +14,10 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -288,6 +290,7 @@ class Run:
     batches: dict[str, pd.DataFrame]  # every part of the split as stored
     pushes: list[tuple[str, str]] = field(default_factory=list)
     target: ScriptedTarget | None = None
+    during: tuple[datetime, datetime] | None = None  # when the loop ran (UTC)
 
 
 class Lines(logging.Handler):
@@ -314,6 +317,7 @@ def run_loop(
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
     before = len(gateway.pushes) if gateway else 0
+    started = datetime.now(UTC).replace(microsecond=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "train_models", training)
         if target is not None:
@@ -326,7 +330,7 @@ def run_loop(
     reader = SplitReader(settings)
     parts = {name: reader.read(name) for name in (*INITIAL_PARTS, *reader.batch_names)}
     pushes = list(gateway.pushes[before:]) if gateway else []
-    return Run(settings, result, training, lines.lines, parts, pushes, target)
+    return Run(settings, result, training, lines.lines, parts, pushes, target, (started, datetime.now(UTC)))
 
 
 def model(settings: Settings, version: str) -> LoadedModel:
@@ -355,9 +359,19 @@ def walk(world: World, tmp_path_factory: pytest.TempPathFactory) -> Run:
         retrain_auc_drop=1.0,
         training_window=1,
     )
-    return run_loop(
-        settings, ImprovementOptions(batches=3, force=("1",), deploy=False), [world.retrained, world.retrained]
-    )
+    zone = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Kolkata"  # local time is not UTC: the report is stamped in UTC all the same
+    time.tzset()
+    try:
+        return run_loop(
+            settings, ImprovementOptions(batches=3, force=("1",), deploy=False), [world.retrained, world.retrained]
+        )
+    finally:
+        if zone is None:
+            os.environ.pop("TZ")
+        else:
+            os.environ["TZ"] = zone
+        time.tzset()
 
 
 def test_batches_are_taken_in_order_and_each_is_scored_before_any_training_on_it(walk: Run, world: World) -> None:
@@ -500,7 +514,10 @@ def test_every_decision_is_an_mlflow_run_and_the_summary_names_the_batches(walk:
     assert metrics["mean_frozen_auc"] == pytest.approx(result.mean_frozen_auc)
     assert metrics["retrains"] == 2.0 and metrics["seconds"] == pytest.approx(result.seconds) and result.seconds > 0
     assert result.report_path.parent == walk.settings.home / "improvement"
-    assert result.report_path.name.startswith("simulation-") and result.report_path.read_bytes()[:4] == b"\x89PNG"
+    assert result.report_path.read_bytes()[:4] == b"\x89PNG"
+    assert walk.during is not None and result.report_path.name.startswith("simulation-")
+    stamp = datetime.strptime(result.report_path.name, "simulation-%Y%m%dT%H%M%S.png").replace(tzinfo=UTC)
+    assert walk.during[0] <= stamp <= walk.during[1]
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(mlflow.artifacts.download_artifacts(run_id=result.summary_run_id, dst_path=scratch))
         assert sorted(p.name for p in local.iterdir()) == sorted(
