@@ -4,15 +4,17 @@ checks every part, and a reader that refuses a missing or changed file, naming i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings, raw_frame, write_raw_csv
+from conftest import create_bucket, make_settings, raw_frame, write_raw_csv
 
 from healthpredict.data import RawData, sha256_file
 from healthpredict.features import CleaningReport, clean_encounters
@@ -54,10 +56,10 @@ def clean(raw: pd.DataFrame) -> pd.DataFrame:
     return clean_encounters(coerce_types(raw).sample(frac=1.0, random_state=1))[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: mutation testing sees which tests write a split only when each test writes its own
 def split_home(raw: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, Any]]:
     """A split written by ``healthpredict split`` from a CSV of the raw rows (settings, returned manifest)."""
-    home = tmp_path_factory.mktemp("split-home")
+    home = tmp_path_factory.mktemp("split-home")  # a fresh folder per test
     frame = raw.copy()
     frame.loc[:9, "discharge_disposition_id"] = "11"  # died: outside the model's scope, cleaned away
     csv = write_raw_csv(frame, home / "diabetic_data.csv")
@@ -145,7 +147,7 @@ def test_no_future_rows_no_batches(clean: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (0.6, 0.4)])
 def test_val_and_test_cannot_take_the_whole_initial_part(clean: pd.DataFrame, val: float, test: float) -> None:
-    with pytest.raises(ValueError, match="val_fraction \\+ test_fraction must be < 1"):
+    with pytest.raises(ValueError, match=r"^val_fraction \+ test_fraction must be < 1$"):
         split_dataset(clean, data_settings(val_fraction=val, test_fraction=test))
 
 
@@ -174,7 +176,7 @@ def test_a_part_is_described_by_rows_positives_patients_and_time_range() -> None
 
 def test_the_split_id_addresses_the_source_and_the_split_settings_only() -> None:
     base = split_id_for(SOURCE_SHA, data_settings())
-    assert len(base) == 16 and int(base, 16) >= 0
+    assert base == "9b308bd8bf6540db"  # the id of a split written by earlier versions: it must find that split again
     assert split_id_for(SOURCE_SHA, data_settings()) == base
     assert split_id_for(SOURCE_SHA, DataSettings(raw_data="z", expected_sha256="c" * 64, artifact_uri="w")) == base
     others = [
@@ -243,6 +245,66 @@ def test_split_exists_once_its_manifest_is_written(split_home: tuple[Settings, d
     assert split_exists(settings, manifest["split_id"])
     assert not split_exists(settings, "0" * 16)
     assert not split_exists(make_settings(tmp_path), manifest["split_id"])
+
+
+def test_the_target_setting_decides_which_readmissions_are_positive(raw: pd.DataFrame, tmp_path: Path) -> None:
+    csv = write_raw_csv(raw, tmp_path / "diabetic_data.csv")
+    settings = make_settings(tmp_path / "home", HEALTHPREDICT_RAW_SHA256="none", HEALTHPREDICT_TARGET="30d")
+    manifest = run_split(settings, str(csv))
+    assert manifest["settings"]["target"] == "30d"
+    assert manifest["cleaning"]["positives"] == int((raw["readmitted"] == "<30").sum())
+    train = SplitReader(settings).read("train")
+    assert train[TARGET_COLUMN].tolist() == (train["readmitted"] == "<30").astype(int).tolist()
+
+
+def test_parts_hold_only_the_datasets_columns(split_home: tuple[Settings, dict[str, Any]]) -> None:
+    """Any Parquet reader (pyarrow, DuckDB, Spark) sees the columns, and no pandas index column."""
+    import pyarrow.parquet as pq
+
+    settings, manifest = split_home
+    folder = split_folder(settings, manifest["split_id"])
+    for name in manifest["parts"]:
+        path = folder / f"{name}.parquet"
+        assert pq.read_schema(path).names == list(pd.read_parquet(path).columns)
+        assert "__index_level_0__" not in pq.read_schema(path).names
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_writing_shows_progress_on_a_terminal_only(
+    clean: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written_split(tmp_path / "quiet", clean, HEALTHPREDICT_N_BATCHES="2")
+    assert capsys.readouterr().err == ""  # not a terminal: logs stay free of progress bars
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    written_split(tmp_path / "shown", clean, HEALTHPREDICT_N_BATCHES="2")
+    assert "write split: 100%" in terminal.getvalue() and "5/5 [" in terminal.getvalue()
+    assert "part/s]" in terminal.getvalue()
+
+
+def test_a_split_on_s3_is_written_and_read_through_the_configured_endpoint(
+    moto_endpoint: str, clean: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint comes from the settings only (not from the process environment, which boto would read)."""
+    for name in ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    create_bucket(moto_endpoint, "split-bucket")
+    settings, manifest = written_split(
+        tmp_path, clean.iloc[:300], HEALTHPREDICT_ARTIFACT_URI="s3://split-bucket/hp", AWS_ENDPOINT_URL=moto_endpoint,
+        HEALTHPREDICT_N_BATCHES="2",
+    )  # fmt: skip
+    assert split_exists(settings, manifest["split_id"])
+    reader = SplitReader(settings)
+    assert reader.manifest == json.loads(json.dumps(manifest))
+    assert reader.uri("val") == f"s3://split-bucket/hp/split/{manifest['split_id']}/val.parquet"
+    assert len(reader.read("val")) == manifest["parts"]["val"]["rows"]
 
 
 # -- reading back ------------------------------------------------------------------------------------------------
