@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_settings, raw_frame, write_raw_csv
 from sklearn.pipeline import Pipeline
@@ -127,6 +128,7 @@ def test_each_rejected_row_is_listed_with_its_field_and_rule_never_its_value(
         "11": {"number_inpatient": None},  # missing, and not optional
         "13": {"discharge_disposition_id": str(died)},  # outside the model's scope
         "17": {"admission_type_id": "77"},  # not a code of its vocabulary
+        "19": {"number_emergency": "1e1"},  # a number, but not written as a whole number
     })  # fmt: skip
     source = write_raw_csv(frame, tmp_path / "encounters.csv")
     output = tmp_path / "scores.parquet"
@@ -136,33 +138,34 @@ def test_each_rejected_row_is_listed_with_its_field_and_rule_never_its_value(
     rejects = pd.read_parquet(rejects_path_for(output))
     assert rejects_path_for(output) == tmp_path / "scores.rejects.parquet"
     assert list(rejects.columns) == ["row", "field", "rule"]
-    assert rejects["row"].tolist() == [2, 5, 7, 8, 11, 13, 17]
+    assert rejects["row"].tolist() == [2, 5, 7, 8, 11, 13, 17, 19]
     assert rejects["field"].tolist() == [
         "time_in_hospital", "gender", "num_lab_procedures", "num_medications", "number_inpatient",
-        "discharge_disposition_id", "admission_type_id",
+        "discharge_disposition_id", "admission_type_id", "number_emergency",
     ]  # fmt: skip
     rules = dict(zip(rejects["row"], rejects["rule"], strict=True))
     assert rules[2] == "Expected `int` <= 14"
-    assert rules[7] == rules[8] == "Expected `int`, got `str`"
+    assert rules[7] == rules[8] == rules[19] == "Expected `int`, got `str`"
     assert rules[11] == "Expected `int`, got `null`"
     assert rules[13].startswith("discharge to hospice or death (codes ") and "outside the model's scope" in rules[13]
-    assert not any(value in rule for rule in rejects["rule"] for value in ("99", "Xylophone", "many", "12.5", "77"))
+    values = ("99", "Xylophone", "many", "12.5", "77", "1e1")
+    assert not any(value in rule for rule in rejects["rule"] for value in values)
 
     scores = pd.read_parquet(output)
-    kept = [r for r in range(ROWS) if r not in {2, 5, 7, 8, 11, 13, 17}]
+    kept = [r for r in range(ROWS) if r not in {2, 5, 7, 8, 11, 13, 17, 19}]
     assert scores["row"].tolist() == kept
     assert scores["encounter_id"].tolist() == frame["encounter_id"].iloc[kept].tolist()
     expected = model.probabilities(frame.iloc[kept])
     assert np.abs(scores["probability"].to_numpy() - expected).max() < 1e-9
     assert (result.rows, result.scored, result.rejected, result.rejects) == (
         ROWS,
-        ROWS - 7,
-        7,
+        ROWS - 8,
+        8,
         tmp_path / "scores.rejects.parquet",
     )
     assert result.summary() == (
-        f"scored {ROWS - 7} of {ROWS} rows with model version {model.folder} → {output}; "
-        f"7 rejected, listed in {tmp_path / 'scores.rejects.parquet'}"
+        f"scored {ROWS - 8} of {ROWS} rows with model version {model.folder} → {output}; "
+        f"8 rejected, listed in {tmp_path / 'scores.rejects.parquet'}"
     )
 
 
@@ -265,7 +268,7 @@ def test_an_input_that_cannot_be_scored_is_named_and_nothing_is_written(
         tmp_path: f"{tmp_path}: no such file",
         tmp_path / "data.json": f"{tmp_path / 'data.json'}: unsupported format .json; give a .csv or .parquet file",
         tmp_path / "data": f"{tmp_path / 'data'}: unsupported format (none); give a .csv or .parquet file",
-        tmp_path / "broken.parquet": f"{tmp_path / 'broken.parquet'}: cannot be read (",
+        tmp_path / "broken.parquet": f"{tmp_path / 'broken.parquet'}: cannot be read (ArrowInvalid: ",
     }
     for source, message in cases.items():
         with pytest.raises(ScoringError) as caught:
@@ -284,6 +287,37 @@ def test_a_failed_write_leaves_no_partial_file(home_settings: Callable[..., Sett
     with pytest.raises(OSError):
         score_file(home_settings(), write_raw_csv(encounters(3), tmp_path / "in.csv"), output)
     assert files_in(tmp_path) == ["in.csv", "scores.parquet"] and files_in(output) == []
+
+
+def test_each_file_is_written_under_a_hidden_name_beside_it_and_renamed_when_complete(
+    home_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of the output folder never sees a half-written scores or rejects file; the rename stays on one
+    filesystem, so it is atomic."""
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[tuple[str, list[str]]] = []
+    write = pd.DataFrame.to_parquet
+
+    def spy(frame: pd.DataFrame, path: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((str(path), files_in(out)))
+        return write(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", spy)
+    source = write_raw_csv(encounters(4, **{"1": {"gender": "?"}}), tmp_path / "in.csv")
+    score_file(home_settings(), source, out / "scores.parquet")
+
+    assert len(seen) == 2
+    for (path, listing), final in zip(seen, ("scores.rejects.parquet", "scores.parquet"), strict=True):
+        temporary = Path(path)
+        assert temporary.parent == out and listing.count(temporary.name) == 1 and final not in listing
+        assert temporary.name.startswith(f".{final}.") and temporary.name.endswith(".tmp")
+    assert files_in(out) == ["scores.parquet", "scores.rejects.parquet"]
+    # plain tables: any Parquet reader (pyarrow, DuckDB, Spark) sees these columns and no pandas index column
+    assert pq.read_schema(out / "scores.rejects.parquet").names == ["row", "field", "rule"]
+    assert pq.read_schema(out / "scores.parquet").names == [
+        "row", "encounter_id", "patient_nbr", "probability", "label", "threshold", "model_version",
+    ]  # fmt: skip
 
 
 def test_the_pinned_digest_and_the_runtime_of_the_settings_are_used(

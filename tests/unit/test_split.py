@@ -209,7 +209,9 @@ def test_the_split_command_writes_every_part_and_a_manifest_that_describes_them(
         "input_rows": ROWS, "excluded_hospice_or_death": 10, "excluded_invalid_gender": 0, "output_rows": ROWS - 10,
         "positives": manifest["cleaning"]["positives"],
     }  # fmt: skip
-    assert manifest["cleaning"]["positives"] == sum(e["positives"] for e in manifest["parts"].values()) > 0
+    assert manifest["cleaning"]["positives"] == sum(e["positives"] for e in manifest["parts"].values())
+    kept = raw.iloc[10:]  # the default target: any readmission, within 30 days or later
+    assert manifest["cleaning"]["positives"] == int(kept["readmitted"].isin(["<30", ">30"]).sum())
     assert manifest["source"]["name"] == "diabetic_data.csv" and len(manifest["source"]["sha256"]) == 64
     assert manifest["settings"] == {
         "target": "any", "seed": 42, "initial_fraction": 0.2, "val_fraction": 0.15, "test_fraction": 0.15,
@@ -245,6 +247,8 @@ def test_split_exists_once_its_manifest_is_written(split_home: tuple[Settings, d
     assert split_exists(settings, manifest["split_id"])
     assert not split_exists(settings, "0" * 16)
     assert not split_exists(make_settings(tmp_path), manifest["split_id"])
+    (split_folder(settings, manifest["split_id"]) / MANIFEST_NAME).unlink()  # the manifest is written last
+    assert not split_exists(settings, manifest["split_id"]), "a split without its manifest is incomplete"
 
 
 def test_the_target_setting_decides_which_readmissions_are_positive(raw: pd.DataFrame, tmp_path: Path) -> None:
