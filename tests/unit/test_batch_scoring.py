@@ -193,7 +193,11 @@ def test_a_file_where_every_row_is_rejected_gives_an_empty_scores_file(
     output = tmp_path / "scores.parquet"
     result = score_file(home_settings(), write_raw_csv(frame, tmp_path / "in.csv"), output)
     scores = pd.read_parquet(output)
-    assert len(scores) == 0 and "probability" in scores.columns and "label" in scores.columns
+    assert len(scores) == 0  # the same table as when rows are scored, so it joins and concatenates alike:
+    assert scores.dtypes.astype(str).to_dict() == {
+        "row": "int64", "encounter_id": "object", "patient_nbr": "object", "probability": "float64",
+        "label": "int64", "threshold": "float64", "model_version": "object",
+    }  # fmt: skip
     assert (result.scored, result.rejected) == (0, 3)
     assert pd.read_parquet(rejects_path_for(output))["field"].tolist() == ["age"] * 3
 
