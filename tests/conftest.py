@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -284,25 +284,35 @@ def start_server(
     raise AssertionError("unreachable")
 
 
-class JsonServer:
-    """A JSON HTTP server on 127.0.0.1, on a port it binds itself, serving from a thread: ``answer(method, path,
-    body)`` gives the status and the JSON body of each reply (the path without its query). Every request is
-    recorded in :attr:`requests` as ``(method, path)``. Stopped by :meth:`close`, or at the end of a ``with``."""
+class StubRequest(NamedTuple):
+    """One request a :class:`StubServer` received."""
 
-    def __init__(self, answer: Callable[[str, str, bytes], tuple[int, Any]]) -> None:
+    method: str
+    path: str  # without its query
+    headers: dict[str, str]
+    body: bytes
+
+
+class StubServer:
+    """An HTTP server on 127.0.0.1, on a port it binds itself, serving from a thread, for a test's stand-in of
+    another party (a candidate service, the Kubernetes API, a download): ``answer(request)`` gives the status and
+    the body of each reply (bytes sent as they are, anything else as JSON). Every request is recorded in
+    :attr:`requests`. Stopped by :meth:`close`, or at the end of a ``with``."""
+
+    def __init__(self, answer: Callable[[StubRequest], tuple[int, Any]]) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.requests: list[tuple[str, str]] = []
+        self.requests: list[StubRequest] = []
         requests = self.requests
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = self.path.split("?", 1)[0]
-                requests.append((self.command, path))
-                status, payload = answer(self.command, path, body)
-                data = json.dumps(payload).encode()
+                request = StubRequest(self.command, self.path.split("?", 1)[0], dict(self.headers.items()), body)
+                requests.append(request)
+                status, payload = answer(request)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -328,7 +338,7 @@ class JsonServer:
             self._thread.join(timeout=10)
             self.closed = True
 
-    def __enter__(self) -> JsonServer:
+    def __enter__(self) -> StubServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

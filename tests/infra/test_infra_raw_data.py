@@ -8,7 +8,6 @@ bootstrap that writes one name and mounts another fails it.
 
 from __future__ import annotations
 
-import http.server
 import io
 import os
 import posixpath
@@ -17,7 +16,6 @@ import runpy
 import shlex
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import require_executable
+from conftest import StubRequest, StubServer, require_executable
 from infra_harness import REPO_ROOT
 from test_infra_config import USER_DATA_VALUES, VALID, bootstrap_script, render
 
@@ -248,43 +246,25 @@ def test_raw_data_failure_is_reported_and_the_step_runs_after_the_checkout() -> 
 
 @dataclass
 class FlakyServer:
-    """A local HTTP server that answers 503 to its first ``failures`` requests, then ``body``."""
+    """What the local server answers: 503 to its first ``failures`` requests, then ``body``."""
 
-    port: int
+    url: str = ""
     body: bytes = b""
     failures: int = 0
     requests: int = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/static/public/296/dataset.zip"
-
 
 @pytest.fixture
 def server() -> Iterator[FlakyServer]:
-    state = FlakyServer(port=0)
+    state = FlakyServer()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.requests += 1
-            if state.requests <= state.failures:
-                self.send_error(503, "busy")
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(state.body)))
-            self.end_headers()
-            self.wfile.write(state.body)
+    def answer(request: StubRequest) -> tuple[int, bytes]:
+        state.requests += 1
+        return (503, b"busy") if state.requests <= state.failures else (200, state.body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with StubServer(answer) as stub:
+        state.url = f"{stub.url}/static/public/296/dataset.zip"
+        yield state
 
 
 def zip_bytes() -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import JsonServer, register_logreg, reported_port, stop_process, training_env
+from conftest import StubServer, register_logreg, reported_port, stop_process, training_env
 from mlflow import MlflowClient
 
 from healthpredict.deploy import DeploymentError, deploy_version
@@ -103,7 +103,7 @@ def test_local_target_promotes_switches_and_rolls_back(
         os.environ.pop("HEALTHPREDICT_SERVICE_URL", None)
 
 
-class LyingCandidate(JsonServer):
+class LyingCandidate(StubServer):
     """A candidate in place of ``healthpredict serve``: ready, it reports ``claims`` as its version and answers the
     smoke records with ``probabilities`` (another model's). Like the service, it names the port it bound in its log
     (``log``); and it quacks like the Popen the local target stops."""
@@ -114,7 +114,7 @@ class LyingCandidate(JsonServer):
             "/v1/model": {"name": "health-predict", "version": claims},
             "/v1/predict/batch": {"predictions": [{"probability": p} for p in probabilities]},
         }
-        super().__init__(lambda method, path, body: (200, answers[path]) if path in answers else (404, {}))
+        super().__init__(lambda r: (200, answers[r.path]) if r.path in answers else (404, {}))
         if log is not None:
             with log.open("a") as out:
                 out.write(f"INFO:     Uvicorn running on {self.url} (Press CTRL+C to quit)\n")

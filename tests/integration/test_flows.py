@@ -7,7 +7,17 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import create_bucket, free_port, make_settings, raw_frame, register_logreg, training_env, write_raw_csv
+from conftest import (
+    StubRequest,
+    StubServer,
+    create_bucket,
+    free_port,
+    make_settings,
+    raw_frame,
+    register_logreg,
+    training_env,
+    write_raw_csv,
+)
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import flow
@@ -98,37 +108,23 @@ def test_a_missing_raw_file_is_tried_once(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_download_that_fails_once_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that answers 503 once, then the file: the task tries again (after 5 s) and gets it."""
     import asyncio
-    import http.server
-    import threading
 
     body = write_raw_csv(raw_frame(8), tmp_path / "diabetic_data.csv").read_bytes()
     hits: list[int] = []
 
-    class Flaky(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(1)
-            if len(hits) == 1:
-                self.send_error(503, "busy")
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def flaky(request: StubRequest) -> tuple[int, bytes]:
+        hits.append(1)
+        return (503, b"busy") if len(hits) == 1 else (200, body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = StubServer(flaky)
     try:
         _set_env(monkeypatch, {
             "HEALTHPREDICT_HOME": str(tmp_path / "home"), "HEALTHPREDICT_RAW_SHA256": "none",
-            "HEALTHPREDICT_RAW_DATA": f"http://127.0.0.1:{server.server_address[1]}/dataset.zip",
+            "HEALTHPREDICT_RAW_DATA": f"{server.url}/dataset.zip",
         })  # fmt: skip
         completed, task_run_id = fetch_raw_data_once()
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     assert completed and len(hits) == 2
     assert asyncio.run(_task_run_count(task_run_id)) == 2
 

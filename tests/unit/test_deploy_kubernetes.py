@@ -9,12 +9,14 @@ time, then drop the old ones. Images listed as ``stuck`` never become available;
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3.exceptions
+from conftest import StubServer
 from fake_kubernetes import (
     NEW_IMAGE,
     NEW_URI,
@@ -317,46 +319,6 @@ def test_activate_records_the_verified_template_without_a_rollout(settings: Sett
 # ------------------------------------------------------------------ what the real client sends, and how failures read
 
 
-class RecordingApiServer:
-    """A loopback Kubernetes API server that records each request (method, path, content type, JSON body) and
-    answers every call with ``deployment``."""
-
-    def __init__(self, obj: dict[str, Any]) -> None:
-        import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.requests: list[tuple[str, str, str, Any]] = []
-        requests = self.requests
-        answer = json.dumps({"apiVersion": "apps/v1", "kind": "Deployment", **obj}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                content_type = str(self.headers.get("Content-Type"))
-                requests.append((self.command, self.path.split("?")[0], content_type, json.loads(body or b"null")))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            do_GET = do_PATCH = _answer
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
 def kubeconfig_for(url: str, path: Path) -> str:
     path.write_text(
         f"""apiVersion: v1
@@ -374,7 +336,7 @@ def test_the_real_client_reads_and_sends_a_strategic_merge_patch(tmp_path: Path)
     served = deployment()
     served["spec"]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["key"] = "token"
     served["spec"]["selector"] = {"matchLabels": {"app": "healthpredict"}}
-    server = RecordingApiServer(served)
+    server = StubServer(lambda request: (200, {"apiVersion": "apps/v1", "kind": "Deployment", **served}))
     try:
         api = KubernetesApi(kubeconfig=kubeconfig_for(server.url, tmp_path / "config"))
         assert api.host == server.url
@@ -384,10 +346,8 @@ def test_the_real_client_reads_and_sends_a_strategic_merge_patch(tmp_path: Path)
     finally:
         server.close()
     path = "/apis/apps/v1/namespaces/healthpredict/deployments/healthpredict-service"
-    assert server.requests == [
-        ("GET", path, "None", None),
-        ("PATCH", path, "application/strategic-merge-patch+json", patch),
-    ]
+    sent = [(r.method, r.path, r.headers.get("Content-Type"), json.loads(r.body or b"null")) for r in server.requests]
+    assert sent == [("GET", path, None, None), ("PATCH", path, "application/strategic-merge-patch+json", patch)]
     for answer in (read, patched):
         assert answer["spec"]["template"]["spec"]["containers"][0]["image"] == OLD_IMAGE
         assert answer["metadata"]["annotations"] == served["metadata"]["annotations"]

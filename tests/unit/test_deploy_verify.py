@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings, raw_frame, register_logreg, write_raw_csv
+from conftest import StubRequest, StubServer, make_settings, raw_frame, register_logreg, write_raw_csv
 from mlflow_store import new_store
 
 from healthpredict.data import RawData, sha256_file
@@ -65,7 +63,7 @@ class Candidate:
     empty_answer: bool = False  # answers 200 with no body
     error_body: bytes = b""  # answers 500 with this body to everything
     failing_path: str = ""  # answers 500 to this path only
-    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    requests: list[StubRequest] = field(default_factory=list)
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         if self.error_body:
@@ -92,40 +90,17 @@ class Candidate:
         return 404, b'{"detail": "Not Found"}'
 
 
-def serve(candidate: Candidate) -> tuple[str, ThreadingHTTPServer, threading.Thread]:
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            candidate.requests.append((self.command, self.path, dict(self.headers.items()), body))
-            status, data = candidate.answer(self.command, self.path, body)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PUT = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server, thread
-
-
 @pytest.fixture
 def live(offline: LoadedModel) -> Iterator[tuple[str, Candidate]]:
     """A running candidate serving the offline model as version 7 (tests change what it serves)."""
     candidate = Candidate(model=offline, version="7")
-    url, server, thread = serve(candidate)
-    try:
-        yield url, candidate
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+
+    def answer(request: StubRequest) -> tuple[int, bytes]:
+        candidate.requests.append(request)
+        return candidate.answer(request.method, request.path, request.body)
+
+    with StubServer(answer) as server:
+        yield server.url, candidate
 
 
 # ------------------------------------------------------------------------------------ models and smoke records

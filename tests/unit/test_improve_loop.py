@@ -13,12 +13,10 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_settings, raw_frame
+from conftest import StubServer, make_settings, raw_frame
 from mlflow import MlflowClient
+from mlflow_store import new_store
 from sklearn.metrics import roc_auc_score
 
 import healthpredict.deploy as deploy
@@ -79,19 +78,10 @@ CHAMPION_PARAMS = {"C": 0.5}
 # -- the world: a split, a registry with a champion, models a retrain can register -------------------------------
 
 
-def mlflow_store(path: Path) -> str:
-    """A new, empty sqlite MLflow store at ``path``. Creating one runs every schema migration (seconds on a busy
-    machine); the empty store is made once per MLflow version and copied."""
-    template = Path(tempfile.gettempdir()) / f"healthpredict-test-mlflow-{mlflow.__version__}.db"
-    if not template.is_file():
-        scratch = template.with_name(f"{template.name}.{os.getpid()}.tmp")
-        client = MlflowClient(tracking_uri=f"sqlite:///{scratch}", registry_uri=f"sqlite:///{scratch}")
-        client.search_experiments()
-        client.search_registered_models()
-        os.replace(scratch, template)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, path)
-    return f"sqlite:///{path}"
+def _new_store(home: Path) -> str:
+    """A new, empty MLflow store at ``<home>/mlflow.db`` (a copy of one migrated once): its tracking URI."""
+    new_store(home)
+    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def encounters(n: int, seed: int) -> tuple[pd.DataFrame, Any]:
@@ -139,7 +129,7 @@ def fit_and_log(train: pd.DataFrame, labels: np.ndarray, c: float, metadata: dic
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home = tmp_path_factory.mktemp("loop") / "home"
     settings = make_settings(
-        home, MLFLOW_TRACKING_URI=mlflow_store(home / "mlflow.db"), HEALTHPREDICT_N_BATCHES="4",
+        home, MLFLOW_TRACKING_URI=_new_store(home), HEALTHPREDICT_N_BATCHES="4",
         HEALTHPREDICT_AUDIT_BOOTSTRAP_ROUNDS="20", HEALTHPREDICT_AUDIT_MIN_GROUP_ROWS="20",
     )  # fmt: skip
     publish_split(settings)
@@ -231,39 +221,19 @@ class ScriptedTarget:
         pass
 
 
-class Pushgateway(ThreadingHTTPServer):
-    """Records every push (path and body) it is sent."""
-
-    def __init__(self) -> None:
-        self.pushes: list[tuple[str, str]] = []
-        gateway = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-                gateway.pushes.append((self.path, body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-
 @pytest.fixture(scope="module")
-def pushgateway() -> Iterator[Pushgateway]:
-    server = Pushgateway()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+def pushgateway() -> Iterator[StubServer]:
+    """A stand-in Pushgateway on 127.0.0.1 that records every push (see :func:`pushes_to`)."""
+    with StubServer(lambda request: (200, b"")) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
-def settings_for(world: World, where: Path, name: str, gateway: Pushgateway | None = None, **policy: Any) -> Settings:
+def pushes_to(gateway: StubServer) -> list[tuple[str, str]]:
+    """The pushes a gateway got so far: (path, body)."""
+    return [(r.path, r.body.decode()) for r in gateway.requests if r.method == "PUT"]
+
+
+def settings_for(world: World, where: Path, name: str, gateway: StubServer | None = None, **policy: Any) -> Settings:
     """The world's registry with ``champion`` back on the initial version, a private copy of the split (so the
     predictions written are this run's), a fresh improvement experiment, and ``policy`` over the defaults."""
     set_champion(world.settings, world.initial)
@@ -276,7 +246,7 @@ def settings_for(world: World, where: Path, name: str, gateway: Pushgateway | No
         improvement=replace(settings.improvement, experiment=f"improve-{name}", **policy),
         gates=replace(settings.gates, tolerance=0.2, fnr_gap_tolerance=1.0),
         monitoring=replace(
-            settings.monitoring, pushgateway_url=None if gateway is None else f"http://127.0.0.1:{gateway.server_port}"
+            settings.monitoring, pushgateway_url=None if gateway is None else gateway.url
         ),
     )  # fmt: skip
 
@@ -307,7 +277,7 @@ def run_loop(
     options: ImprovementOptions,
     models: list[str | None] = (),  # type: ignore[assignment]
     target: ScriptedTarget | None = None,
-    gateway: Pushgateway | None = None,
+    gateway: StubServer | None = None,
 ) -> Run:
     """``improve`` with the training stand-in (and a scripted target when given), recording its log lines."""
     training = Training(list(models))
@@ -316,7 +286,7 @@ def run_loop(
     level = logger.level
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
-    before = len(gateway.pushes) if gateway else 0
+    before = len(pushes_to(gateway)) if gateway else 0
     started = datetime.now(UTC).replace(microsecond=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "train_models", training)
@@ -329,7 +299,7 @@ def run_loop(
             logger.setLevel(level)
     reader = SplitReader(settings)
     parts = {name: reader.read(name) for name in (*INITIAL_PARTS, *reader.batch_names)}
-    pushes = list(gateway.pushes[before:]) if gateway else []
+    pushes = pushes_to(gateway)[before:] if gateway else []
     return Run(settings, result, training, lines.lines, parts, pushes, target, (started, datetime.now(UTC)))
 
 
@@ -551,7 +521,7 @@ EVALUATION_ONLY = {"auc_before", "frozen_auc", "run_id", "predictions_uri"}
 
 
 @pytest.fixture(scope="module")
-def arrivals(world: World, pushgateway: Pushgateway, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Run]:
+def arrivals(world: World, pushgateway: StubServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Run]:
     """The loop over two batches (batch_02 with drift injected), twice: the second time with batch_02's labels
     inverted. Its labels arrive one batch late, after the end of both runs."""
     runs = []

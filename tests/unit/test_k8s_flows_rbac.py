@@ -17,7 +17,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import JsonServer, require_executable
+from conftest import StubRequest, StubServer, require_executable
 
 from healthpredict.deploy.kubernetes import KubernetesApi
 from healthpredict.settings import KubernetesSettings
@@ -50,8 +50,8 @@ DEPLOYMENT = {
 
 
 @pytest.fixture
-def api_server() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    with JsonServer(lambda method, path, body: (200, DEPLOYMENT)) as server:
+def api_server() -> Iterator[tuple[str, list[StubRequest]]]:
+    with StubServer(lambda request: (200, DEPLOYMENT)) as server:
         yield server.url, server.requests
 
 
@@ -90,7 +90,7 @@ def test_the_job_templates_service_account_is_shipped(rendered: list[dict[str, A
 
 
 def test_the_rollout_calls_are_granted_and_nothing_else(
-    rendered: list[dict[str, Any]], api_server: tuple[str, list[tuple[str, str]]], tmp_path: Path
+    rendered: list[dict[str, Any]], api_server: tuple[str, list[StubRequest]], tmp_path: Path
 ) -> None:
     url, requests = api_server
     kubeconfig = tmp_path / "kubeconfig"
@@ -109,7 +109,7 @@ def test_the_rollout_calls_are_granted_and_nothing_else(
     api.read_deployment(settings.namespace, settings.deployment)
     api.patch_deployment(settings.namespace, settings.deployment, {"metadata": {"annotations": {"a": "b"}}})
 
-    asked = {_rbac_request(method, path) for method, path in requests}
+    asked = {_rbac_request(r.method, r.path) for r in requests}
     assert asked == {
         ("get", "apps", "deployments", settings.deployment, settings.namespace),
         ("patch", "apps", "deployments", settings.deployment, settings.namespace),
