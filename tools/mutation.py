@@ -9,11 +9,13 @@ report (``--report``, JSON). ``make mutation`` runs it; docs/MUTATION.md records
     .venv/bin/python tools/mutation.py --module healthpredict/gate.py --report mutation.json
     .venv/bin/mutmut show <mutant name>    # in the scratch folder the report names, to see one mutant's diff
 
-A mutant is *killed* when a selected test fails on it, *survived* when all pass, *no tests* when no selected test
-runs its function (mutmut maps tests to functions first). The kill rate reported is (killed + timeout) /
-(killed + survived + no tests + timeout): a function no owning test reaches counts against its module. A mutant
-that times out makes its tests hang, which the suite's pytest-timeout turns into a failure: it counts as caught,
-and is shown apart.
+A mutant is *killed* when a selected test fails on it, *survived* when all pass, *no tests* when no owning test
+runs its function. mutmut maps tests to functions first; this script then selects, for every function an owning
+test reaches, all the owning tests that reach the module (a module-scoped fixture runs during the first test that
+uses it, and mutmut's own map would leave out the tests that check what the fixture did). The kill rate reported
+is (killed + timeout) / (killed + survived + no tests + timeout): a function no owning test reaches counts
+against its module. A mutant that times out makes its tests hang, which the suite's pytest-timeout turns into a
+failure: it counts as caught, and is shown apart.
 """
 
 from __future__ import annotations
@@ -120,13 +122,36 @@ def mutmut(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.Co
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+#: A mutant name no function has: ``mutmut run`` with it maps tests to functions and mutates nothing.
+NO_MUTANT = "healthpredict-map-only*"
+
+
+def every_owning_test_for_each_mutant(workdir: Path, max_children: int, timeout_s: float) -> None:
+    """Map the owning tests to the module's functions (mutmut's first step), then give every function that any
+    owning test reaches all the owning tests that reach the module.
+
+    mutmut records which tests call a function while each test runs, fixtures included; a module-scoped fixture
+    runs during the first test that uses it, so a later test that checks what the fixture did would never run for
+    those functions' mutants. The next ``mutmut run`` loads this map instead of making its own.
+    """
+    mutmut("run", "--max-children", str(max_children), NO_MUTANT, cwd=workdir, timeout=timeout_s)
+    stats_file = workdir / "mutants" / "mutmut-stats.json"
+    stats = json.loads(stats_file.read_text())
+    mapping: dict[str, list[str]] = stats["tests_by_mangled_function_name"]
+    owning = sorted(set().union(*mapping.values()))
+    stats["tests_by_mangled_function_name"] = {name: owning if tests else [] for name, tests in mapping.items()}
+    stats_file.write_text(json.dumps(stats))
+
+
 def run_module(module: str, tests: tuple[str, ...], max_children: int, timeout_s: float, keep: bool) -> ModuleResult:
     workdir = Path(tempfile.mkdtemp(prefix="healthpredict-mutation-"))
     scratch_copy(module, tests, workdir)
     started = time.monotonic()
     finished = True
     try:
-        run = mutmut("run", "--max-children", str(max_children), cwd=workdir, timeout=timeout_s)
+        every_owning_test_for_each_mutant(workdir, max_children, timeout_s)
+        left = max(1.0, timeout_s - (time.monotonic() - started))
+        run = mutmut("run", "--max-children", str(max_children), cwd=workdir, timeout=left)
         if run.returncode not in (0, 1):
             print(run.stdout[-3000:], run.stderr[-3000:], sep="\n", file=sys.stderr)
     except subprocess.TimeoutExpired:
