@@ -13,9 +13,9 @@ A mutant is *killed* when a selected test fails on it, *survived* when all pass,
 runs its function. mutmut maps tests to functions first; this script then selects, for every function an owning
 test reaches, all the owning tests that reach the module (a module-scoped fixture runs during the first test that
 uses it, and mutmut's own map would leave out the tests that check what the fixture did). The kill rate reported
-is (killed + timeout) / (killed + survived + no tests + timeout): a function no owning test reaches counts
-against its module. A mutant that times out makes its tests hang, which the suite's pytest-timeout turns into a
-failure: it counts as caught, and is shown apart.
+is killed / (killed + survived + no tests + timeout): a function no owning test reaches counts against its
+module, and so does a mutant that timed out (shown apart: a mutant that hangs its tests, or a run that hung
+for another reason, such as a forked test process waiting on a lock; mutmut cannot tell them apart).
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ class ModuleResult:
     @property
     def kill_rate(self) -> float | None:
         judged = sum(self.counts.get(k, 0) for k in ("killed", "survived", "no_tests", "timeout"))
-        caught = self.counts.get("killed", 0) + self.counts.get("timeout", 0)
-        return caught / judged if judged else None
+        return self.counts.get("killed", 0) / judged if judged else None
 
 
 def scratch_copy(module: str, tests: tuple[str, ...], root: Path) -> Path:
