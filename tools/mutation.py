@@ -58,6 +58,8 @@ MODULES: dict[str, tuple[str, ...]] = {
 
 #: Folders every test run imports from besides the mutated package (copied next to the mutants).
 ALSO_COPY = ("healthpredict/", "service/", "cli/", "flows/", "k8s/", "docker/", "monitoring/", "infra_pulumi/")
+#: Seconds added to each mutant's estimated test time before mutmut's x15 time limit (its default is 1).
+FIXTURE_ROOM_S = 10.0
 COUNTS = ("killed", "survived", "no_tests", "timeout", "suspicious", "skipped", "segfault")
 
 
@@ -94,6 +96,9 @@ def scratch_copy(module: str, tests: tuple[str, ...], root: Path) -> Path:
         "also_copy": [p for p in ALSO_COPY if p != source_root],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-W", "ignore"],
         "pytest_add_cli_args_test_selection": list(tests),
+        # A mutant's time limit is (its tests' durations + this) x 15, and a test's duration leaves out its fixtures'
+        # set-up (a module's model, a moto server): without room for it a run still setting up counts as timed out.
+        "timeout_constant": FIXTURE_ROOM_S,
     }
     lines = ["", "[tool.mutmut]", *(f"{key} = {json.dumps(value)}" for key, value in section.items())]
     with open(root / "pyproject.toml", "a", encoding="utf-8") as pyproject:
