@@ -351,6 +351,18 @@ def test_weighted_auc_of_each_round_equals_a_pairwise_count() -> None:
     assert got[0] == pytest.approx(roc_auc_score(labels, scores, sample_weight=weights[0]))
 
 
+def test_one_positive_and_one_negative_make_an_auc() -> None:
+    """A round whose only pair is one positive and one negative has an AUC (1, 0.5 or 0), not NaN; a round without a
+    positive has none."""
+    labels, scores = np.array([1, 0, 0]), np.array([0.8, 0.3, 0.6])
+    weights = np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [0.5, 1.0, 0.0]])
+    assert weighted_metrics(weights, labels, scores, 0.5)["roc_auc"].tolist() == pytest.approx(
+        [1.0, 1.0, NAN, 1.0], nan_ok=True
+    )
+    tied = weighted_metrics(np.ones((1, 2)), np.array([1, 0]), np.array([0.4, 0.4]), 0.5)["roc_auc"]
+    assert tied.tolist() == [0.5]
+
+
 def test_patient_weights_draw_as_many_patients_as_there_are_each_round() -> None:
     patients = np.array(["p7", "p3", "p7", "p9", "p1", "p3", "p3", "p5"])  # 5 patients, any ids
     weights = patient_weights(patients, rounds=300, seed=1)
