@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import urllib3.exceptions
-from conftest import StubServer
+from conftest import StubServer, free_port
 from fake_kubernetes import (
     NEW_IMAGE,
     NEW_URI,
@@ -247,22 +247,9 @@ def test_unloadable_kubeconfig_names_it(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_real_client_against_a_closed_port_is_unreachable(tmp_path: Path) -> None:
     """The real adapter, pointed at a loopback port nobody listens on, fails as unreachable (never a pass)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-contexts: [{{name: local, context: {{cluster: c, user: u}}}}]
-current-context: local
-"""
-    )
-    api = KubernetesApi(context="local", kubeconfig=str(kubeconfig))
+    port = free_port()  # nothing listens there
+    kubeconfig = kubeconfig_for(f"http://127.0.0.1:{port}", tmp_path / "config")
+    api = KubernetesApi(context="local", kubeconfig=kubeconfig)
     settings = Settings.from_env({"HEALTHPREDICT_HOME": str(tmp_path / "home")})
     kube = KubernetesSettings(service_url=SERVICE_URL)
     with pytest.raises(DeploymentError, match=rf"Kubernetes API at http://127\.0\.0\.1:{port} unreachable"):
