@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_settings
+from deploy_doubles import ScriptedTarget, champion, deployment_tags
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_store import two_versions
@@ -17,60 +18,21 @@ import healthpredict.deploy as deploy
 from healthpredict.deploy import (
     TARGETS,
     DeploymentError,
-    DeploymentReport,
     champion_lock,
     deploy_version,
 )
 from healthpredict.deploy.kubernetes import KubernetesTarget
 from healthpredict.deploy.local import LocalTarget
-from healthpredict.registry import CHAMPION, version_by_alias
+from healthpredict.registry import CHAMPION
 from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.unit
-
-
-class ScriptedTarget:
-    """Records each call and the champion alias at that moment; fails where it is told to."""
-
-    name = "scripted"
-
-    def __init__(self, settings: Settings, fail: set[str] | None = None) -> None:
-        self.settings = settings
-        self.fail = fail or set()
-        self.errors: dict[str, BaseException] = {}  # what a failing step raises (a RuntimeError when not here)
-        self.calls: list[tuple[str, str | None, str | None]] = []
-        self.report: DeploymentReport | None = None  # the deployment's report, kept to read its steps
-
-    def _record(self, step: str, version: str | None, report: DeploymentReport) -> None:
-        self.report = report
-        champion = version_by_alias(self.settings, CHAMPION)
-        self.calls.append((step, version, None if champion is None else str(champion.version)))
-        if step in self.fail:
-            raise self.errors.get(step, RuntimeError(f"{step} broke"))
-
-    def roll_out(self, version: str, report: DeploymentReport) -> None:
-        self._record("roll_out", version, report)
-
-    def activate(self, version: str, report: DeploymentReport) -> None:
-        self._record("activate", version, report)
-
-    def roll_back(self, previous: str | None, report: DeploymentReport) -> None:
-        self._record("roll_back", previous, report)
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Settings:
     """Versions 1 and 2 of the registered model, ``champion`` on 1, in a store of the test's own."""
     return two_versions(tmp_path / "home")
-
-
-def champion(settings: Settings) -> str | None:
-    found = version_by_alias(settings, CHAMPION)
-    return None if found is None else str(found.version)
-
-
-def deployment_tags(settings: Settings, version: str) -> dict[str, str]:
-    return dict(MlflowClient().get_model_version(settings.tracking.model_name, version).tags)
 
 
 def test_targets_come_from_one_table() -> None:

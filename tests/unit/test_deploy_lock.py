@@ -15,52 +15,19 @@ from pathlib import Path
 
 import pytest
 from conftest import make_settings
-from mlflow import MlflowClient
+from deploy_doubles import ScriptedTarget, champion, deployment_tags
 from mlflow_store import two_versions
 
-from healthpredict.deploy import ChampionLockError, DeploymentReport, deploy_version
-from healthpredict.registry import CHAMPION, version_by_alias
+from healthpredict.deploy import ChampionLockError, deploy_version
 from healthpredict.settings import Settings
 
 pytestmark = pytest.mark.unit
-
-
-class RecordingTarget:
-    """Records each step with the champion alias at that moment."""
-
-    name = "recording"
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.calls: list[tuple[str, str | None, str | None]] = []
-
-    def _record(self, step: str, version: str | None) -> None:
-        found = version_by_alias(self.settings, CHAMPION)
-        self.calls.append((step, version, None if found is None else str(found.version)))
-
-    def roll_out(self, version: str, report: DeploymentReport) -> None:
-        self._record("roll_out", version)
-
-    def activate(self, version: str, report: DeploymentReport) -> None:
-        self._record("activate", version)
-
-    def roll_back(self, previous: str | None, report: DeploymentReport) -> None:
-        self._record("roll_back", previous)
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Settings:
     """Versions 1 and 2 of the registered model, ``champion`` on 1, in a store of the test's own."""
     return two_versions(tmp_path / "home")
-
-
-def champion(settings: Settings) -> str | None:
-    found = version_by_alias(settings, CHAMPION)
-    return None if found is None else str(found.version)
-
-
-def deployment_tags(settings: Settings, version: str) -> dict[str, str]:
-    return dict(MlflowClient().get_model_version(settings.tracking.model_name, version).tags)
 
 
 HOLD_THE_LOCK = """
@@ -89,7 +56,7 @@ def test_a_second_deployment_gives_up_after_the_timeout_and_names_the_holder(
     impatient = make_settings(registry.home, HEALTHPREDICT_CHAMPION_LOCK_TIMEOUT_S="1")
     holder = hold_lock_elsewhere(impatient, 30)
     try:
-        target = RecordingTarget(impatient)
+        target = ScriptedTarget(impatient)
         started = time.monotonic()
         with pytest.raises(ChampionLockError, match=r"held by the test's other process; gave up after 1 s"):
             deploy_version(impatient, "2", target)
@@ -106,7 +73,7 @@ def test_a_second_deployment_waits_for_the_first_and_then_runs(
 ) -> None:
     holder = hold_lock_elsewhere(registry, 3)
     try:
-        target = RecordingTarget(registry)
+        target = ScriptedTarget(registry)
         started = time.monotonic()
         with caplog.at_level(logging.INFO, logger="healthpredict.deploy.lock"):
             deploy_version(registry, "2", target)
